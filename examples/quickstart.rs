@@ -1,0 +1,144 @@
+//! heapprof's quickstart: a process with a known heap, profiled.
+//!
+//! It keeps about 64 MiB live from `retain_buffers` (4 KiB objects) and
+//! about 8 MiB from `retain_small` (64-byte objects), allocates and frees
+//! 1 GiB in `churn`, then writes its heap profile.
+//!
+//! ```text
+//! quickstart [OUT] [--text] [--scale F]
+//! ```
+//! - `OUT`: where to write the profile (default `heap.pb.gz`); `-` for stdout.
+//! - `--text`: Go's `debug=1` text format instead of gzipped pprof.
+//! - `--scale F`: multiply every amount by F (tests use 1/16 at rate 1).
+//!
+//! On stdout it prints one `truth` line with the exact bytes each function
+//! allocated and jemalloc's `stats.allocated` around the retaining phase, so
+//! tests can hold the profile against the truth.
+
+use std::hint::black_box;
+use std::io::Write;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
+    heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
+
+const BUFFER_BYTES: usize = 4096;
+const SMALL_BYTES: usize = 64;
+
+/// Keeps `n` zeroed 4 KiB buffers. Returns them and the bytes allocated here.
+#[inline(never)]
+fn retain_buffers(n: usize) -> (Vec<Box<[u8]>>, usize) {
+    let mut kept = Vec::with_capacity(n);
+    for _ in 0..n {
+        kept.push(vec![0u8; BUFFER_BYTES].into_boxed_slice());
+    }
+    let bytes = n * BUFFER_BYTES + n * std::mem::size_of::<Box<[u8]>>();
+    (kept, bytes)
+}
+
+/// Keeps `n` 64-byte objects. Returns them and the bytes allocated here.
+/// (Boxed on purpose: each object is its own 64-byte allocation.)
+#[allow(clippy::vec_box)]
+#[inline(never)]
+fn retain_small(n: usize) -> (Vec<Box<[u8; SMALL_BYTES]>>, usize) {
+    let mut kept = Vec::with_capacity(n);
+    for i in 0..n {
+        kept.push(Box::new([i as u8; SMALL_BYTES]));
+    }
+    let bytes = n * SMALL_BYTES + n * std::mem::size_of::<Box<[u8; SMALL_BYTES]>>();
+    (kept, bytes)
+}
+
+/// Allocates and frees `total` bytes in buffers of 16 B to 64 KiB.
+/// Returns the bytes allocated (exactly `total`).
+#[inline(never)]
+fn churn(total: usize) -> usize {
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut done = 0;
+    while done < total {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let size = (16 + (rng % 65_521) as usize).min(total - done);
+        let buf: Vec<u8> = Vec::with_capacity(size);
+        black_box(&buf);
+        done += size;
+    }
+    done
+}
+
+fn jemalloc_allocated() -> usize {
+    let _ = tikv_jemalloc_ctl::epoch::advance();
+    tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0)
+}
+
+struct Args {
+    out: String,
+    text: bool,
+    scale: f64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        out: "heap.pb.gz".into(),
+        text: false,
+        scale: 1.0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--text" => args.text = true,
+            "--scale" => {
+                let v = it.next().ok_or("--scale needs a number")?;
+                args.scale = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0 && *s <= 16.0)
+                    .ok_or_else(|| format!("--scale {v}: expected a number in (0, 16]"))?;
+            }
+            a if a.starts_with("--") => return Err(format!("unknown option {a}")),
+            a => args.out = a.into(),
+        }
+    }
+    Ok(args)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::exit(2);
+        }
+    };
+    let scaled = |n: usize| ((n as f64) * args.scale).round() as usize;
+
+    let before = jemalloc_allocated();
+    let (buffers, buffer_bytes) = retain_buffers(scaled(16 * 1024));
+    let (small, small_bytes) = retain_small(scaled(128 * 1024));
+    let retained = jemalloc_allocated().saturating_sub(before);
+    let churn_bytes = churn(scaled(1 << 30));
+
+    println!(
+        "truth retain_buffers={buffer_bytes} retain_small={small_bytes} churn={churn_bytes} \
+         jemalloc_retained={retained} rate={}",
+        heapprof::sample_rate()
+    );
+
+    let snap = heapprof::snapshot();
+    let body = if args.text {
+        snap.to_text().into_bytes()
+    } else {
+        snap.to_pprof()
+    };
+    let written = if args.out == "-" {
+        std::io::stdout().write_all(&body)
+    } else {
+        std::fs::write(&args.out, &body)
+    };
+    if let Err(e) = written {
+        eprintln!("quickstart: cannot write {}: {e}", args.out);
+        std::process::exit(1);
+    }
+    black_box((&buffers, &small));
+}

@@ -1,0 +1,1 @@
+//! heapprof-http: the debug endpoint (work in progress).

@@ -1,0 +1,6 @@
+//! The heapprof command (work in progress).
+
+fn main() {
+    eprintln!("heapprof: no commands yet");
+    std::process::exit(2);
+}

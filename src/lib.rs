@@ -1,0 +1,26 @@
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+mod clock;
+mod config;
+mod live_table;
+mod mappings;
+mod pprof;
+mod profiler;
+mod reentrancy;
+mod sampler;
+mod site_table;
+mod snapshot;
+mod spin;
+mod stack;
+mod symbolize;
+mod text;
+
+pub use config::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate};
+pub use pprof::SITE_TABLE_FULL;
+pub use profiler::Profiler;
+pub use snapshot::{
+    PprofOptions, SampleType, SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType,
+    snapshot, stats,
+};
+pub use symbolize::{Frame, is_plumbing};

@@ -1,0 +1,117 @@
+//! Helpers shared by the end-to-end tests: locating example binaries built
+//! by `cargo test`, running them, and reading pprof profiles.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Command;
+
+use pprof::protos::{Message, Profile};
+
+/// Path of an example binary built by this `cargo test` run
+/// (target/<profile>/examples/<name>).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "example binary {} is missing: run the tests with `cargo test` (which builds examples) or `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+/// Runs the quickstart example with `env` and `args`; returns the `truth`
+/// line's fields.
+pub fn run_quickstart(env: &[(&str, &str)], args: &[&str]) -> HashMap<String, u64> {
+    let out = Command::new(example("quickstart"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run quickstart");
+    assert!(
+        out.status.success(),
+        "quickstart failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("truth "))
+        .unwrap_or_else(|| panic!("no truth line in {stdout}"));
+    line.split_whitespace()
+        .skip(1)
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.parse().expect("number")))
+        .collect()
+}
+
+/// Decodes a gzipped profile.proto.
+pub fn decode(gz: &[u8]) -> Profile {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut raw)
+        .expect("gunzip profile");
+    Profile::decode(raw.as_slice()).expect("decode profile.proto")
+}
+
+pub fn string(p: &Profile, i: i64) -> &str {
+    &p.string_table[i as usize]
+}
+
+/// Index of the sample type named `name`.
+pub fn value_index(p: &Profile, name: &str) -> usize {
+    p.sample_type
+        .iter()
+        .position(|t| string(p, t.ty) == name)
+        .unwrap_or_else(|| panic!("no sample type {name}"))
+}
+
+/// Name of the innermost function of a sample (its first location's first
+/// line, which is what `go tool pprof -top` charges as flat).
+pub fn leaf_function(p: &Profile, sample: &pprof::protos::Sample) -> String {
+    let loc_id = sample.location_id[0];
+    let loc = p
+        .location
+        .iter()
+        .find(|l| l.id == loc_id)
+        .expect("location");
+    let line = loc.line.first().expect("symbolized location");
+    let f = p
+        .function
+        .iter()
+        .find(|f| f.id == line.function_id)
+        .expect("function");
+    string(p, f.name).to_owned()
+}
+
+/// Sum of value `name` per leaf function.
+pub fn by_leaf(p: &Profile, name: &str) -> HashMap<String, i64> {
+    let i = value_index(p, name);
+    let mut out = HashMap::new();
+    for s in &p.sample {
+        *out.entry(leaf_function(p, s)).or_default() += s.value[i];
+    }
+    out
+}
+
+/// Asserts `got` is within `tolerance` (a fraction) of `want`.
+pub fn assert_close(what: &str, got: i64, want: u64, tolerance: f64) {
+    let err = (got as f64 - want as f64) / want as f64;
+    assert!(
+        err.abs() <= tolerance,
+        "{what}: estimated {got}, truth {want}, error {:.2}% > {:.0}%",
+        err * 100.0,
+        tolerance * 100.0
+    );
+    eprintln!(
+        "{what}: estimated {got}, truth {want}, error {:+.2}%",
+        err * 100.0
+    );
+}
