@@ -97,10 +97,10 @@ impl<A: GlobalAlloc> Profiler<A> {
         p
     }
 
-    /// Frees a page-aligned pointer, which may be a sampled allocation.
+    /// Frees a pointer found in the live table: a sampled allocation.
     #[cold]
     #[inline(never)]
-    fn dealloc_page_aligned(&self, ptr: *mut u8, layout: Layout) {
+    fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout) {
         match live_table::remove(ptr) {
             Some(record) => {
                 site_table::record_free(record.site, layout.size(), record.weight_fx);
@@ -109,7 +109,8 @@ impl<A: GlobalAlloc> Profiler<A> {
                 // this tagged layout (same size, raised alignment).
                 unsafe { self.inner.dealloc(ptr, inner_layout) }
             }
-            // SAFETY: not sampled, so allocated by inner with `layout`.
+            // SAFETY: not sampled (only its owner could have removed it),
+            // so allocated by inner with `layout`.
             None => unsafe { self.inner.dealloc(ptr, layout) },
         }
     }
@@ -133,12 +134,8 @@ impl<A: GlobalAlloc> Profiler<A> {
         }
         // SAFETY: both blocks are valid for min(old, new) bytes and distinct.
         unsafe { ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
-        if live_table::may_be_sampled(ptr) {
-            self.dealloc_page_aligned(ptr, layout);
-        } else {
-            // SAFETY: an unaligned pointer is never sampled.
-            unsafe { self.inner.dealloc(ptr, layout) };
-        }
+        // SAFETY: ptr is the caller's live block with `layout`.
+        unsafe { self.dealloc(ptr, layout) };
         new
     }
 }
@@ -172,11 +169,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if live_table::may_be_sampled(ptr) {
-            return self.dealloc_page_aligned(ptr, layout);
+        if live_table::may_be_sampled(ptr) && live_table::contains(ptr) {
+            return self.dealloc_sampled(ptr, layout);
         }
-        // SAFETY: not page-aligned, so never sampled: inner allocated it
-        // with this layout.
+        // SAFETY: not in the live table, so never sampled (or no longer,
+        // which only its owner, the caller, could cause): inner allocated
+        // it with this layout.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 

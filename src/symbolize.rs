@@ -118,8 +118,8 @@ pub(crate) struct Kept {
 /// `stack` (innermost first). If nothing but plumbing is left, only the
 /// profiler's own frames are removed.
 pub(crate) fn trim(stack: &[usize], resolved: &HashMap<usize, Resolved>) -> Vec<Kept> {
-    let start = first_frame_where(stack, resolved, |f| !is_plumbing(f))
-        .or_else(|| first_frame_where(stack, resolved, |f| !is_own(f)))
+    let start = first_frame_where(stack, resolved, |f| !is_plumbing_frame(f))
+        .or_else(|| first_frame_where(stack, resolved, |f| !is_own_frame(f)))
         .unwrap_or((stack.len(), 0));
     let (first, skip) = start;
     stack[first.min(stack.len())..]
@@ -137,18 +137,47 @@ pub(crate) fn trim(stack: &[usize], resolved: &HashMap<usize, Resolved>) -> Vec<
 fn first_frame_where(
     stack: &[usize],
     resolved: &HashMap<usize, Resolved>,
-    keep: impl Fn(&str) -> bool,
+    keep: impl Fn(&Frame) -> bool,
 ) -> Option<(usize, usize)> {
     for (i, ip) in stack.iter().enumerate() {
         let frames = resolved.get(ip).map(|r| &r[..]).unwrap_or(&[]);
         if frames.is_empty() {
             return Some((i, 0));
         }
-        if let Some(j) = frames.iter().position(|f| keep(&f.function)) {
+        if let Some(j) = frames.iter().position(&keep) {
             return Some((i, j));
         }
     }
     None
+}
+
+/// Source paths of the profiler's own code and its unwinder. Release builds
+/// with line tables only name inlined functions without their path
+/// (`trace`, `alloc`), so files are the reliable signal there.
+fn is_own_file(file: &str) -> bool {
+    file.starts_with(concat!(env!("CARGO_MANIFEST_DIR"), "/src/"))
+        || file.contains("/heapprof-0.")
+        || file.contains("/backtrace-0.")
+        || file.contains("/tikv-jemallocator-")
+        || file.ends_with("/library/std/src/alloc.rs")
+}
+
+/// Source paths of allocation plumbing: Rust's `alloc` and `core` libraries,
+/// std's collections, hashbrown.
+fn is_plumbing_file(file: &str) -> bool {
+    is_own_file(file)
+        || file.contains("/library/alloc/src/")
+        || file.contains("/library/core/src/")
+        || file.contains("/library/std/src/collections/")
+        || file.contains("/hashbrown-0.")
+}
+
+fn is_own_frame(f: &Frame) -> bool {
+    is_own(&f.function) || f.file.as_deref().is_some_and(is_own_file)
+}
+
+fn is_plumbing_frame(f: &Frame) -> bool {
+    is_plumbing(&f.function) || f.file.as_deref().is_some_and(is_plumbing_file)
 }
 
 /// The profiler's own frames and the allocator shims and unwinder.
@@ -251,6 +280,19 @@ mod tests {
             line: 0,
             symbol_address: 0,
         }
+    }
+
+    #[test]
+    fn short_inlined_names_are_recognised_by_their_files() {
+        let mut f = frame("trace");
+        f.file = Some("/root/.cargo/registry/src/x/backtrace-0.3.77/src/backtrace/mod.rs".into());
+        assert!(is_own_frame(&f));
+        f = frame("alloc_impl");
+        f.file = Some("/rustc/59807616e/library/alloc/src/alloc.rs".into());
+        assert!(is_plumbing_frame(&f) && !is_own_frame(&f));
+        f = frame("retain_buffers");
+        f.file = Some("/work/app/src/main.rs".into());
+        assert!(!is_plumbing_frame(&f));
     }
 
     #[test]
