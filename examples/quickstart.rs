@@ -10,6 +10,8 @@
 //! - `OUT`: where to write the profile (default `heap.pb.gz`); `-` for stdout.
 //! - `--text`: Go's `debug=1` text format instead of gzipped pprof.
 //! - `--scale F`: multiply every amount by F (tests use 1/16 at rate 1).
+//! - `--sites N`: also keep one 1 KiB object from each of N distinct call
+//!   stacks (`spread_sites`), to exercise the site-table bound.
 //!
 //! On stdout it prints one `truth` line with the exact bytes each function
 //! allocated and jemalloc's `stats.allocated` around the retaining phase, so
@@ -49,6 +51,17 @@ fn retain_small(n: usize) -> (Vec<Box<[u8; SMALL_BYTES]>>, usize) {
     (kept, bytes)
 }
 
+/// Keeps one 1 KiB object from a stack `depth` frames deeper than its caller.
+#[inline(never)]
+fn spread_sites(depth: usize, kept: &mut Vec<Vec<u8>>) {
+    if depth == 0 {
+        kept.push(vec![1u8; 1024]);
+    } else {
+        spread_sites(depth - 1, kept);
+    }
+    black_box(depth);
+}
+
 /// Allocates and frees `total` bytes in buffers of 16 B to 64 KiB.
 /// Returns the bytes allocated (exactly `total`).
 #[inline(never)]
@@ -76,6 +89,7 @@ struct Args {
     out: String,
     text: bool,
     scale: f64,
+    sites: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -83,6 +97,7 @@ fn parse_args() -> Result<Args, String> {
         out: "heap.pb.gz".into(),
         text: false,
         scale: 1.0,
+        sites: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -95,6 +110,14 @@ fn parse_args() -> Result<Args, String> {
                     .ok()
                     .filter(|s: &f64| *s > 0.0 && *s <= 16.0)
                     .ok_or_else(|| format!("--scale {v}: expected a number in (0, 16]"))?;
+            }
+            "--sites" => {
+                let v = it.next().ok_or("--sites needs a number")?;
+                args.sites = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 50)
+                    .ok_or_else(|| format!("--sites {v}: expected 0 to 50"))?;
             }
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a => args.out = a.into(),
@@ -118,6 +141,10 @@ fn main() {
     let (small, small_bytes) = retain_small(scaled(128 * 1024));
     let retained = jemalloc_allocated().saturating_sub(before);
     let churn_bytes = churn(scaled(1 << 30));
+    let mut spread = Vec::with_capacity(args.sites);
+    for depth in 0..args.sites {
+        spread_sites(depth, &mut spread);
+    }
 
     println!(
         "truth retain_buffers={buffer_bytes} retain_small={small_bytes} churn={churn_bytes} \
@@ -126,11 +153,24 @@ fn main() {
     );
 
     let snap = heapprof::snapshot();
-    let body = if args.text {
-        snap.to_text().into_bytes()
-    } else {
-        snap.to_pprof()
-    };
+    // What the profile costs: the first encoding symbolizes, later ones
+    // reuse the symbol cache.
+    let (body, first) = timed(|| {
+        if args.text {
+            snap.to_text().into_bytes()
+        } else {
+            snap.to_pprof()
+        }
+    });
+    let (_, cached) = timed(|| snap.to_pprof());
+    println!(
+        "profile first_ms={:.1} cached_ms={:.1} first_alloc_bytes={} sites={} own_memory_bytes={}",
+        first.0,
+        cached.0,
+        first.1,
+        snap.stats().sites,
+        snap.stats().own_memory_bytes
+    );
     let written = if args.out == "-" {
         std::io::stdout().write_all(&body)
     } else {
@@ -140,5 +180,15 @@ fn main() {
         eprintln!("quickstart: cannot write {}: {e}", args.out);
         std::process::exit(1);
     }
-    black_box((&buffers, &small));
+    black_box((&buffers, &small, &spread));
+}
+
+/// Runs `f`; returns its result, milliseconds and the growth of jemalloc's
+/// allocated bytes across it (what stays allocated: caches).
+fn timed<T>(f: impl FnOnce() -> T) -> (T, (f64, usize)) {
+    let before = jemalloc_allocated();
+    let start = std::time::Instant::now();
+    let out = f();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    (out, (ms, jemalloc_allocated().saturating_sub(before)))
 }

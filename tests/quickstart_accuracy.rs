@@ -87,3 +87,35 @@ fn estimates_are_within_ten_percent_at_rate_4096_and_exact_at_rate_1() {
 
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// At the site bound, new stacks are charged to the overflow site: the
+/// profile says so and the totals stay exact.
+#[test]
+fn a_full_site_table_keeps_totals_and_names_the_overflow() {
+    let out = std::env::temp_dir().join(format!("heapprof-sites-{}.pb.gz", std::process::id()));
+    let truth = run_quickstart(
+        &[("HEAPPROF_SAMPLE_RATE", "1"), ("HEAPPROF_MAX_SITES", "16")],
+        &[out.to_str().unwrap(), "--scale", "0.0625", "--sites", "40"],
+    );
+    let p = decode(&std::fs::read(&out).unwrap());
+    let inuse = by_leaf(&p, "inuse_space");
+    let overflow = inuse
+        .get(heapprof::SITE_TABLE_FULL)
+        .copied()
+        .unwrap_or_else(|| panic!("no overflow site in {inuse:?}"));
+    let spread = inuse.get("quickstart::spread_sites").copied().unwrap_or(0);
+    // The 40 spread_sites objects (1 KiB each) and the vector of them are
+    // all counted, in their own sites until the table is full, then in the
+    // overflow site (which may also hold other late stacks).
+    assert!(overflow > 0);
+    assert!(
+        spread + overflow >= 40 * 1024,
+        "spread {spread} + overflow {overflow}"
+    );
+    // Sites created before the table filled keep exact values.
+    assert_eq!(
+        inuse["quickstart::retain_buffers"],
+        truth["retain_buffers"] as i64
+    );
+    std::fs::remove_file(&out).ok();
+}
