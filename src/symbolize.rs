@@ -5,7 +5,10 @@
 //! names are demangled and inlined calls come back as several frames of one
 //! address, innermost first. Results are cached per address for the life of
 //! the process: the first profile pays for symbolization, later ones reuse
-//! it ([`cache_stats`] reports the size and the time spent).
+//! it ([`cache_stats`] reports the size and the time spent). The resolver's
+//! own parsed DWARF (tens of MB for a binary with debug info) is dropped
+//! after each batch of new addresses, so a process pays that memory only
+//! while a profile with new call sites is being built.
 //!
 //! # Trimming
 //!
@@ -54,12 +57,24 @@ pub(crate) fn resolve_all(ips: impl IntoIterator<Item = usize>) -> HashMap<usize
     let cache = cache.get_or_insert_with(HashMap::new);
     let started = std::time::Instant::now();
     let mut out = HashMap::new();
+    let mut misses = 0usize;
     for ip in ips {
         if out.contains_key(&ip) {
             continue;
         }
-        let resolved = cache.entry(ip).or_insert_with(|| resolve_one(ip)).clone();
+        let resolved = cache
+            .entry(ip)
+            .or_insert_with(|| {
+                misses += 1;
+                resolve_one(ip)
+            })
+            .clone();
         out.insert(ip, resolved);
+    }
+    if misses > 0 {
+        // The parsed DWARF behind the resolver is tens of MB; our own
+        // per-address cache is what later profiles need. Give it back.
+        backtrace::clear_symbol_cache();
     }
     RESOLVE_NS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     out
