@@ -3,8 +3,10 @@
 
 mod clock;
 mod config;
+mod labels;
 mod live_table;
 mod mappings;
+mod peak;
 mod pprof;
 mod profiler;
 mod reentrancy;
@@ -17,10 +19,12 @@ mod symbolize;
 mod text;
 
 pub use config::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate};
+pub use labels::{LabelGuard, LabelsExt, MAX_LABEL_SETS, WithLabels, set_labels, with_labels};
+pub use peak::{peak_inuse_bytes, reset_peak};
 pub use pprof::SITE_TABLE_FULL;
 pub use profiler::Profiler;
 pub use snapshot::{
     PprofOptions, SampleType, SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType,
-    snapshot, stats,
+    peak_snapshot, snapshot, stats,
 };
 pub use symbolize::{Frame, is_plumbing};

@@ -6,7 +6,7 @@
 //! - period type `space`/bytes, period = the sample rate;
 //! - values already unbiased (see `sampler`), so viewers must not rescale;
 //! - a numeric label `bytes` with the site's average sampled object size,
-//!   as Go adds one per sample;
+//!   as Go adds one per sample, and string labels from `with_labels`;
 //! - Mappings from `/proc/self/maps` with build IDs, main binary first;
 //! - Locations symbolized in process: one Line per inlining level, innermost
 //!   first, with the `has_*` flags of each mapping true only when every
@@ -72,7 +72,15 @@ pub(crate) fn build(snap: &Snapshot, options: &PprofOptions) -> protos::Profile 
                 })
                 .collect()
         };
-        let mut label = Vec::new();
+        let mut label: Vec<protos::Label> = site
+            .labels
+            .iter()
+            .map(|(k, v)| protos::Label {
+                key: b.strings.intern(k),
+                str: b.strings.intern(v),
+                ..Default::default()
+            })
+            .collect();
         if site.sampled.alloc_objects > 0 {
             label.push(protos::Label {
                 key: bytes_key,

@@ -13,7 +13,7 @@ use core::ptr;
 use crate::live_table::{self, Record, TAG_ALIGN};
 use crate::reentrancy::Reentrancy;
 use crate::site_table::{self, MAX_DEPTH};
-use crate::{clock, sampler, stack};
+use crate::{clock, labels, sampler, stack};
 
 /// A global allocator that samples the allocations it passes to `A`.
 ///
@@ -69,7 +69,7 @@ impl<A: GlobalAlloc> Profiler<A> {
         };
         let mut frames = [0usize; MAX_DEPTH];
         let depth = stack::capture(&mut frames);
-        let site = site_table::intern(&frames[..depth]);
+        let site = site_table::intern(&frames[..depth], labels::current_id());
         // SAFETY: same size as the caller's non-zero layout, valid alignment.
         let p = unsafe {
             if zeroed {

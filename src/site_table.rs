@@ -1,5 +1,7 @@
-//! The call-site table: one entry per unique sampled call stack, with the
-//! sampled and estimated (unbiased) allocation and free totals of that stack.
+//! The call-site table: one entry per unique sampled call stack and label
+//! set, with the sampled and estimated (unbiased) allocation and free totals
+//! of that site, and the process-wide estimated in-use bytes that drive the
+//! peak profile (`peak`).
 //!
 //! Data lives outside the Rust heap, in anonymous `mmap`ed chunks that are
 //! never freed, so the table works from inside the global allocator and its
@@ -21,7 +23,7 @@
 //! it in both processes, so a child never inherits it locked.
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use crate::config;
 use crate::spin::SpinLock;
@@ -89,6 +91,7 @@ struct Site {
     hash: u64,
     frames: *const usize,
     depth: usize,
+    labels: u32,
     counters: Counters,
 }
 
@@ -114,14 +117,15 @@ static MAPPED: AtomicUsize = AtomicUsize::new(0);
 static ARENA_NEXT: AtomicPtr<usize> = AtomicPtr::new(ptr::null_mut());
 static ARENA_LEFT: AtomicUsize = AtomicUsize::new(0);
 
-/// Finds or creates the site of `frames`; returns its index. Never fails:
-/// when the table is full or out of memory, returns [`OVERFLOW_SITE`].
-pub(crate) fn intern(frames: &[usize]) -> u32 {
+/// Finds or creates the site of `frames` under label set `labels`; returns
+/// its index. Never fails: when the table is full or out of memory, returns
+/// [`OVERFLOW_SITE`].
+pub(crate) fn intern(frames: &[usize], labels: u32) -> u32 {
     let frames = &frames[..frames.len().min(MAX_DEPTH)];
-    let hash = hash_frames(frames);
+    let hash = hash_frames(frames) ^ u64::from(labels).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let mut index = INDEX.load(Ordering::Acquire);
     if !index.is_null()
-        && let Probe::Found(id) = probe(index, hash, frames)
+        && let Probe::Found(id) = probe(index, hash, frames, labels)
     {
         return id;
     }
@@ -135,7 +139,7 @@ pub(crate) fn intern(frames: &[usize]) -> u32 {
             }
         }
     }
-    let slot = match probe(index, hash, frames) {
+    let slot = match probe(index, hash, frames, labels) {
         Probe::Found(id) => return id,
         Probe::Vacant(slot) => slot,
     };
@@ -156,6 +160,7 @@ pub(crate) fn intern(frames: &[usize]) -> u32 {
         (*site).hash = hash;
         (*site).frames = stack;
         (*site).depth = frames.len();
+        (*site).labels = labels;
     }
     COUNT.store(id + 1, Ordering::Release);
     // SAFETY: slot <= INDEX_MASK, inside the index mapping.
@@ -168,7 +173,7 @@ enum Probe {
     Vacant(usize),
 }
 
-fn probe(index: *mut AtomicU32, hash: u64, frames: &[usize]) -> Probe {
+fn probe(index: *mut AtomicU32, hash: u64, frames: &[usize], labels: u32) -> Probe {
     let mask = INDEX_MASK.load(Ordering::Relaxed);
     let mut slot = (hash as usize) & mask;
     loop {
@@ -181,8 +186,8 @@ fn probe(index: *mut AtomicU32, hash: u64, frames: &[usize]) -> Probe {
         if let Some(site) = site_ptr(id as usize) {
             // SAFETY: a published index entry refers to a fully written
             // site whose stack never changes.
-            let (h, stack) = unsafe { ((*site).hash, stack_of(site)) };
-            if h == hash && stack == frames {
+            let (h, l, stack) = unsafe { ((*site).hash, (*site).labels, stack_of(site)) };
+            if h == hash && l == labels && stack == frames {
                 return Probe::Found(id);
             }
         }
@@ -257,8 +262,10 @@ fn init_locked() -> Option<*mut AtomicU32> {
 fn register_fork_handlers() {
     extern "C" fn prepare() {
         LOCK.acquire();
+        crate::peak::fork_prepare();
     }
     extern "C" fn release() {
+        crate::peak::fork_release();
         LOCK.release();
     }
     // SAFETY: the handlers are plain functions that touch only the static
@@ -269,7 +276,9 @@ fn register_fork_handlers() {
     }
 }
 
-fn map_zeroed(bytes: usize) -> Option<*mut u8> {
+/// An anonymous zero-filled mapping of `bytes`, counted in the profiler's
+/// own memory; `None` if the kernel refuses.
+pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
     // SAFETY: an anonymous private mapping with no address hint; the result
     // is checked against MAP_FAILED. Pages come zero-filled.
     let p = unsafe {
@@ -304,43 +313,75 @@ fn counters(site: u32) -> Option<&'static Counters> {
     site_ptr(site as usize).map(|s| unsafe { &(*s).counters })
 }
 
+/// Estimated in-use bytes of the whole process, from the samples.
+static INUSE_BYTES: AtomicI64 = AtomicI64::new(0);
+
 /// Adds one sampled allocation of `size` bytes with weight `weight_fx`.
 pub(crate) fn record_alloc(site: u32, size: usize, weight_fx: u64) {
-    if let Some(c) = counters(site) {
-        c.alloc_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
-        c.alloc_bytes.fetch_add(
-            crate::sampler::weighted_bytes(weight_fx, size),
-            Ordering::Relaxed,
-        );
-        c.alloc_sampled_bytes
-            .fetch_add(size as u64, Ordering::Relaxed);
-        c.alloc_samples.fetch_add(1, Ordering::Release);
-    }
+    let Some(c) = counters(site) else { return };
+    let bytes = crate::sampler::weighted_bytes(weight_fx, size);
+    c.alloc_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
+    c.alloc_bytes.fetch_add(bytes, Ordering::Relaxed);
+    c.alloc_sampled_bytes
+        .fetch_add(size as u64, Ordering::Relaxed);
+    c.alloc_samples.fetch_add(1, Ordering::Release);
+    let inuse = INUSE_BYTES.fetch_add(bytes as i64, Ordering::Relaxed) + bytes as i64;
+    crate::peak::on_inuse(inuse);
 }
 
 /// Adds the free of a sampled allocation recorded by [`record_alloc`].
 pub(crate) fn record_free(site: u32, size: usize, weight_fx: u64) {
-    if let Some(c) = counters(site) {
-        c.free_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
-        c.free_bytes.fetch_add(
-            crate::sampler::weighted_bytes(weight_fx, size),
-            Ordering::Relaxed,
-        );
-        c.free_sampled_bytes
-            .fetch_add(size as u64, Ordering::Relaxed);
-        c.free_samples.fetch_add(1, Ordering::Release);
-    }
+    let Some(c) = counters(site) else { return };
+    let bytes = crate::sampler::weighted_bytes(weight_fx, size);
+    c.free_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
+    c.free_bytes.fetch_add(bytes, Ordering::Relaxed);
+    c.free_sampled_bytes
+        .fetch_add(size as u64, Ordering::Relaxed);
+    c.free_samples.fetch_add(1, Ordering::Release);
+    INUSE_BYTES.fetch_sub(bytes as i64, Ordering::Relaxed);
 }
 
-/// Calls `f(id, stack, counters)` for every site that has samples.
-pub(crate) fn for_each(mut f: impl FnMut(u32, &[usize], CounterValues)) {
-    let count = COUNT.load(Ordering::Acquire);
-    for id in 0..count {
+/// Estimated in-use bytes of the process (sum over sites).
+pub(crate) fn inuse_bytes() -> i64 {
+    INUSE_BYTES.load(Ordering::Relaxed)
+}
+
+/// Number of site ids in use (including the overflow site).
+pub(crate) fn count() -> usize {
+    COUNT.load(Ordering::Acquire)
+}
+
+/// Copies the counters of sites `0..out.len()` into `out`; returns how many
+/// were copied. Allocation-free, for the peak capture.
+pub(crate) fn copy_counters(out: &mut [CounterValues]) -> usize {
+    let n = count().min(out.len());
+    for (id, slot) in out[..n].iter_mut().enumerate() {
+        // SAFETY: ids below COUNT are published sites.
+        *slot = site_ptr(id).map_or(CounterValues::default(), |s| unsafe {
+            (*s).counters.values()
+        });
+    }
+    n
+}
+
+/// The stack and label set of site `id`, if it exists.
+pub(crate) fn site_key(id: u32) -> Option<(&'static [usize], u32)> {
+    if id as usize >= count() {
+        return None;
+    }
+    // SAFETY: ids below COUNT are published sites, never freed or changed.
+    site_ptr(id as usize).map(|s| unsafe { (stack_of(s), (*s).labels) })
+}
+
+/// Calls `f(id, stack, labels, counters)` for every site that has samples.
+pub(crate) fn for_each(mut f: impl FnMut(u32, &[usize], u32, CounterValues)) {
+    for id in 0..count() {
         let Some(site) = site_ptr(id) else { continue };
         // SAFETY: ids below COUNT are published sites.
-        let (stack, values) = unsafe { (stack_of(site), (*site).counters.values()) };
+        let (stack, labels, values) =
+            unsafe { (stack_of(site), (*site).labels, (*site).counters.values()) };
         if values.alloc_samples > 0 {
-            f(id as u32, stack, values);
+            f(id as u32, stack, labels, values);
         }
     }
 }
@@ -363,16 +404,17 @@ mod tests {
     fn interning_is_stable_and_counts_add_up() {
         let a = [0x1000usize, 0x2000, 0x3000];
         let b = [0x1000usize, 0x2000, 0x3001];
-        let ia = intern(&a);
-        let ib = intern(&b);
+        let ia = intern(&a, 0);
+        let ib = intern(&b, 0);
         assert_ne!(ia, OVERFLOW_SITE);
         assert_ne!(ia, ib);
-        assert_eq!(intern(&a), ia);
+        assert_eq!(intern(&a, 0), ia);
+        assert_ne!(intern(&a, 1), ia, "labels are part of the key");
         record_alloc(ia, 100, 256);
         record_alloc(ia, 100, 512);
         record_free(ia, 100, 256);
         let mut seen = None;
-        for_each(|id, stack, v| {
+        for_each(|id, stack, _labels, v| {
             if id == ia {
                 seen = Some((stack.to_vec(), v));
             }
@@ -393,7 +435,7 @@ mod tests {
                 .map(|_| {
                     s.spawn(|| {
                         (0..200usize)
-                            .map(|i| intern(&[0xdead_0000 + i, 7, 9]))
+                            .map(|i| intern(&[0xdead_0000 + i, 7, 9], 0))
                             .collect::<Vec<_>>()
                     })
                 })

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use crate::labels::{self, LabelSet};
 use crate::reentrancy::untracked;
 use crate::sampler::WEIGHT_ONE;
 use crate::site_table::{self, CounterValues};
@@ -33,6 +34,7 @@ pub struct Snapshot {
 pub struct Site {
     pub(crate) id: u32,
     pub(crate) stack: Box<[usize]>,
+    pub(crate) labels: LabelSet,
     /// Estimated objects allocated here since start (or in the delta window).
     pub alloc_objects: i64,
     /// Estimated bytes allocated here.
@@ -100,6 +102,10 @@ pub struct Stats {
     pub symbol_cache_entries: usize,
     /// Total time spent symbolizing, in nanoseconds.
     pub symbolization_ns: u64,
+    /// Estimated in-use heap bytes of the process, from the samples.
+    pub estimated_inuse_bytes: i64,
+    /// Estimated in-use heap bytes at the peak (see [`peak_snapshot`]).
+    pub peak_inuse_bytes: i64,
 }
 
 /// The four values of a heap profile, as Go names them.
@@ -176,8 +182,8 @@ impl std::str::FromStr for SampleType {
 pub fn snapshot() -> Snapshot {
     untracked(|| {
         let mut sites = Vec::with_capacity(site_table::usage().sites + 1);
-        site_table::for_each(|id, stack, values| {
-            sites.push(Site::from_counters(id, stack, values))
+        site_table::for_each(|id, stack, labels, values| {
+            sites.push(Site::from_counters(id, stack, labels, values))
         });
         let now = clock::monotonic_ns();
         set_ages(&mut sites, now);
@@ -189,6 +195,37 @@ pub fn snapshot() -> Snapshot {
             duration: None,
             stats: stats(),
         }
+    })
+}
+
+/// The state at the high-water mark of the estimated in-use heap since the
+/// start (or the last [`crate::reset_peak`]), within 1/16 of it (see
+/// `peak`). `None` before the first sample. Its `time()` is when the peak
+/// was captured; ages are not recorded.
+pub fn peak_snapshot() -> Option<Snapshot> {
+    untracked(|| {
+        let (_, peak_ns, values) = crate::peak::read()?;
+        let sites = values
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| v.alloc_samples > 0)
+            .filter_map(|(id, v)| {
+                let (stack, labels) = site_table::site_key(id as u32)?;
+                Some(Site::from_counters(id as u32, stack, labels, v))
+            })
+            .collect();
+        let now = clock::monotonic_ns();
+        let ago = Duration::from_nanos(now.saturating_sub(peak_ns));
+        Some(Snapshot {
+            sites,
+            sample_rate: config::sample_rate(),
+            time: SystemTime::now()
+                .checked_sub(ago)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            monotonic_ns: peak_ns,
+            duration: None,
+            stats: stats(),
+        })
     })
 }
 
@@ -227,6 +264,8 @@ pub fn stats() -> Stats {
         own_memory_bytes: (usage.mapped_bytes + live_table::reserved_bytes()) as u64,
         symbol_cache_entries,
         symbolization_ns,
+        estimated_inuse_bytes: site_table::inuse_bytes(),
+        peak_inuse_bytes: crate::peak::peak_inuse_bytes(),
     }
 }
 
@@ -235,11 +274,12 @@ fn fx_to_objects(fx: u64) -> i64 {
 }
 
 impl Site {
-    fn from_counters(id: u32, stack: &[usize], v: CounterValues) -> Site {
+    fn from_counters(id: u32, stack: &[usize], labels: u32, v: CounterValues) -> Site {
         let alloc_objects = fx_to_objects(v.alloc_objects_fx);
         Site {
             id,
             stack: stack.into(),
+            labels: labels::resolve(labels),
             alloc_objects,
             alloc_bytes: v.alloc_bytes as i64,
             inuse_objects: alloc_objects - fx_to_objects(v.free_objects_fx),
@@ -258,6 +298,12 @@ impl Site {
     /// Stable identifier of this call site within the process.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The labels its allocations were made under (`heapprof::with_labels`),
+    /// sorted by key.
+    pub fn labels(&self) -> &[(String, String)] {
+        &self.labels
     }
 
     /// The raw return addresses, innermost first, profiler frames included.
@@ -370,6 +416,7 @@ impl Site {
         Site {
             id: self.id,
             stack: self.stack.clone(),
+            labels: self.labels.clone(),
             alloc_objects: self.alloc_objects - b.alloc_objects,
             alloc_bytes: self.alloc_bytes - b.alloc_bytes,
             inuse_objects: self.inuse_objects - b.inuse_objects,

@@ -44,6 +44,13 @@ impl SpinLock {
         }
     }
 
+    /// Takes the lock if it is free; never waits.
+    pub(crate) fn try_acquire(&self) -> bool {
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
     /// Releases a lock taken with [`SpinLock::acquire`] (used by the fork
     /// handlers, which cannot hold a guard across the fork).
     pub(crate) fn release(&self) {

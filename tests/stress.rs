@@ -110,4 +110,38 @@ fn eight_threads_at_rate_one_give_exact_live_totals() {
 
     // Thread exit left the tables usable: a profile still encodes.
     assert!(!heapprof::snapshot().to_pprof().is_empty());
+
+    over_aligned_and_reallocated_blocks_keep_their_contract();
+}
+
+/// Sampled blocks with alignments below, at and above the page size, grown
+/// and shrunk through realloc, keep their alignment and contents, and are
+/// freed with the layout they were made with (jemalloc checks sizes).
+fn over_aligned_and_reallocated_blocks_keep_their_contract() {
+    use std::alloc::{Layout, alloc, alloc_zeroed, dealloc, realloc};
+    for align in [1usize, 16, 64, 4096, 16384, 1 << 21] {
+        for size in [1usize, 24, 4096, 70_000] {
+            let layout = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: non-zero size; every block is written within its size,
+            // reallocated with its current layout and freed with it.
+            unsafe {
+                let p = if size % 2 == 0 {
+                    alloc_zeroed(layout)
+                } else {
+                    alloc(layout)
+                };
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "align {align} size {size}");
+                p.write_bytes(0xab, size);
+                let grown = realloc(p, layout, size * 3);
+                assert!(!grown.is_null());
+                assert_eq!(grown as usize % align, 0, "realloc keeps align {align}");
+                assert!((0..size).all(|i| *grown.add(i) == 0xab), "contents kept");
+                let grown_layout = Layout::from_size_align(size * 3, align).unwrap();
+                let shrunk = realloc(grown, grown_layout, size);
+                assert!((0..size).all(|i| *shrunk.add(i) == 0xab), "contents kept");
+                dealloc(shrunk, layout);
+            }
+        }
+    }
 }
