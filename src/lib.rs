@@ -3,6 +3,7 @@
 
 mod clock;
 mod config;
+pub mod history;
 mod labels;
 mod live_table;
 mod mappings;
@@ -25,6 +26,6 @@ pub use pprof::SITE_TABLE_FULL;
 pub use profiler::Profiler;
 pub use snapshot::{
     PprofOptions, SampleType, SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType,
-    peak_snapshot, snapshot, stats,
+    peak_snapshot, snapshot, snapshot_older_than, stats,
 };
 pub use symbolize::{Frame, is_plumbing};

@@ -60,6 +60,8 @@ pub(crate) struct Record {
     pub weight_fx: u64,
     /// `clock::monotonic_ns()` when it was allocated.
     pub born_ns: u64,
+    /// Requested size in bytes.
+    pub size: u64,
 }
 
 #[repr(C, align(64))]
@@ -86,6 +88,7 @@ static RECORDS: Records = Records(UnsafeCell::new(
         site: 0,
         weight_fx: 0,
         born_ns: 0,
+        size: 0,
     }; CAPACITY],
 ));
 
@@ -226,6 +229,7 @@ mod tests {
             site: 7,
             weight_fx: 300,
             born_ns: 42,
+            size: 10,
         };
         assert!(insert(p, rec));
         assert!(remove(page(2)).is_none());

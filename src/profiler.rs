@@ -86,6 +86,7 @@ impl<A: GlobalAlloc> Profiler<A> {
             site,
             weight_fx,
             born_ns: clock::monotonic_ns(),
+            size: layout.size() as u64,
         };
         if !live_table::insert(p, record) {
             // No room to remember it: give the block back, allocate plainly.

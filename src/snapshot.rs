@@ -198,6 +198,42 @@ pub fn snapshot() -> Snapshot {
     })
 }
 
+/// Like [`snapshot`], but the in-use values count only live allocations at
+/// least `min_age` old (`/debug/pprof/heap?min_age=60s`): what was
+/// allocated and never freed for that long, the shape of a leak. The
+/// `alloc_*` values are the full history, as in [`snapshot`].
+pub fn snapshot_older_than(min_age: Duration) -> Snapshot {
+    let mut snap = snapshot();
+    untracked(|| {
+        let cutoff = snap.monotonic_ns.saturating_sub(min_age.as_nanos() as u64);
+        let position: HashMap<u32, usize> = snap
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        let mut old = vec![(0u64, 0u64, 0i64, 0i64); snap.sites.len()];
+        live_table::for_each(|r| {
+            if r.born_ns <= cutoff
+                && let Some(&i) = position.get(&r.site)
+            {
+                let o = &mut old[i];
+                o.0 += r.weight_fx;
+                o.1 += crate::sampler::weighted_bytes(r.weight_fx, r.size as usize);
+                o.2 += 1;
+                o.3 += r.size as i64;
+            }
+        });
+        for (site, (objects_fx, bytes, samples, sampled_bytes)) in snap.sites.iter_mut().zip(old) {
+            site.inuse_objects = fx_to_objects(objects_fx);
+            site.inuse_bytes = bytes as i64;
+            site.sampled.inuse_objects = samples;
+            site.sampled.inuse_bytes = sampled_bytes;
+        }
+    });
+    snap
+}
+
 /// The state at the high-water mark of the estimated in-use heap since the
 /// start (or the last [`crate::reset_peak`]), within 1/16 of it (see
 /// `peak`). `None` before the first sample. Its `time()` is when the peak
