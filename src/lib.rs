@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+mod cgroup;
 mod clock;
 mod config;
 pub mod history;
 mod labels;
 mod live_table;
 mod mappings;
+pub mod oom_guard;
 mod peak;
 mod pprof;
 mod profiler;

@@ -1,0 +1,295 @@
+//! Dump before the kill: a watcher that writes the current and the peak heap
+//! profile when memory crosses thresholds of the limit, before the kernel's
+//! OOM killer (or the kubelet's eviction) ends the process. The JVM's
+//! `HeapDumpOnOutOfMemoryError`, but while there is still time.
+//!
+//! What is measured: the cgroup's working set (usage minus inactive file
+//! pages, as the kubelet computes it), against the cgroup's limit, v1 or v2.
+//! Without a cgroup limit, [`OomGuardConfig::limit_bytes`] sets one and the
+//! process's RSS is measured instead (or the cgroup's working set if the
+//! process has a memory cgroup).
+//!
+//! Each threshold fires once per rise: it re-arms when memory falls 5% of
+//! the limit below it. Files are `heapprof-<pid>-<unix ms>-<pct>pct-
+//! {current,peak}.pb.gz`; the oldest are removed beyond
+//! [`OomGuardConfig::keep`].
+//!
+//! Near the limit, building a profile must not be what tips the process
+//! over. At start the guard builds one profile (warming the symbol cache,
+//! the bulk of the work) and reserves [`OomGuardConfig::reserve_bytes`] of
+//! touched memory; it frees that reserve right before dumping, so the dump's
+//! allocations reuse pages already charged to the cgroup, and takes it back
+//! once memory is below the lowest threshold again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cgroup;
+use crate::reentrancy::untracked;
+
+/// Errors starting the guard.
+#[derive(Debug, thiserror::Error)]
+pub enum OomGuardError {
+    /// No cgroup limit and no `limit_bytes`: nothing to measure against.
+    #[error(
+        "heapprof oom_guard: the process has no memory limit (no limited memory cgroup); set OomGuardConfig::limit_bytes"
+    )]
+    NoLimit,
+    /// The dump directory cannot be created.
+    #[error("heapprof oom_guard: cannot create dump directory {path}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `HEAPPROF_DUMP_DIR` is not set (for [`start_from_env`]).
+    #[error("heapprof oom_guard: HEAPPROF_DUMP_DIR is not set")]
+    NoDir,
+    /// The watcher thread could not be started.
+    #[error("heapprof oom_guard: cannot spawn the watcher thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// What the guard watches and where it writes.
+#[derive(Clone, Debug)]
+pub struct OomGuardConfig {
+    dir: PathBuf,
+    thresholds: Vec<f64>,
+    limit_bytes: Option<u64>,
+    keep: usize,
+    interval: Duration,
+    reserve_bytes: usize,
+}
+
+impl OomGuardConfig {
+    /// Dumps go to `dir` (created if missing). Defaults: thresholds 80%,
+    /// 90%, 95%; the cgroup's limit; keep 20 files; check every 100 ms;
+    /// reserve 16 MiB.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            thresholds: vec![0.80, 0.90, 0.95],
+            limit_bytes: None,
+            keep: 20,
+            interval: Duration::from_millis(100),
+            reserve_bytes: 16 << 20,
+        }
+    }
+
+    /// Fractions of the limit (0 < t <= 1) that trigger a dump.
+    pub fn thresholds(mut self, thresholds: &[f64]) -> Self {
+        let mut t: Vec<f64> = thresholds
+            .iter()
+            .copied()
+            .filter(|t| *t > 0.0 && *t <= 1.0)
+            .collect();
+        t.sort_by(f64::total_cmp);
+        self.thresholds = t;
+        self
+    }
+
+    /// An absolute limit in bytes, used instead of the cgroup's.
+    pub fn limit_bytes(mut self, bytes: u64) -> Self {
+        self.limit_bytes = Some(bytes);
+        self
+    }
+
+    /// Most dump files kept in the directory (oldest removed first).
+    pub fn keep(mut self, files: usize) -> Self {
+        self.keep = files.max(2);
+        self
+    }
+
+    /// How often memory is read.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Touched memory held in reserve and freed right before a dump.
+    pub fn reserve_bytes(mut self, bytes: usize) -> Self {
+        self.reserve_bytes = bytes;
+        self
+    }
+}
+
+/// Stops the watcher when dropped.
+pub struct OomGuard {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    limit: u64,
+}
+
+impl OomGuard {
+    /// The limit the thresholds are fractions of, in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+}
+
+impl Drop for OomGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the guard with defaults from the environment: `HEAPPROF_DUMP_DIR`
+/// (required), `HEAPPROF_DUMP_LIMIT_BYTES` (optional absolute limit).
+pub fn start_from_env() -> Result<OomGuard, OomGuardError> {
+    let dir = std::env::var_os("HEAPPROF_DUMP_DIR").ok_or(OomGuardError::NoDir)?;
+    let mut config = OomGuardConfig::new(dir);
+    if let Some(limit) = std::env::var("HEAPPROF_DUMP_LIMIT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config = config.limit_bytes(limit);
+    }
+    start(config)
+}
+
+/// What memory reading the guard uses.
+enum Source {
+    Cgroup(cgroup::MemoryCgroup),
+    Rss,
+}
+
+impl Source {
+    fn used(&self) -> Option<u64> {
+        match self {
+            Source::Cgroup(cg) => cgroup::read(cg).ok().map(|r| r.working_set),
+            Source::Rss => rss_bytes(),
+        }
+    }
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Starts watching. Builds one profile now (symbol cache) and reserves
+/// memory; see the module docs.
+pub fn start(config: OomGuardConfig) -> Result<OomGuard, OomGuardError> {
+    std::fs::create_dir_all(&config.dir).map_err(|source| OomGuardError::Dir {
+        path: config.dir.clone(),
+        source,
+    })?;
+    let cg = cgroup::current();
+    let cg_limit = cg
+        .as_ref()
+        .and_then(|c| cgroup::read(c).ok())
+        .and_then(|r| r.limit);
+    let (source, limit) = match (config.limit_bytes, cg, cg_limit) {
+        (Some(limit), Some(cg), Some(_)) => (Source::Cgroup(cg), limit),
+        (Some(limit), _, _) => (Source::Rss, limit),
+        (None, Some(cg), Some(limit)) => (Source::Cgroup(cg), limit),
+        (None, _, _) => return Err(OomGuardError::NoLimit),
+    };
+    untracked(|| drop(crate::snapshot().to_pprof()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("heapprof-oom-guard".into())
+        .spawn(move || watch(config, source, limit, &flag))
+        .map_err(OomGuardError::Spawn)?;
+    Ok(OomGuard {
+        stop,
+        thread: Some(thread),
+        limit,
+    })
+}
+
+fn reserve(bytes: usize) -> Vec<u8> {
+    // Touch every page so it is resident (charged) now.
+    vec![1u8; bytes]
+}
+
+fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) {
+    let mut reserved = untracked(|| reserve(config.reserve_bytes));
+    let mut armed = vec![true; config.thresholds.len()];
+    let rearm_gap = 0.05;
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(used) = source.used() {
+            let fraction = used as f64 / limit as f64;
+            for (i, &t) in config.thresholds.iter().enumerate() {
+                if armed[i] && fraction >= t {
+                    armed[i] = false;
+                    untracked(|| {
+                        drop(std::mem::take(&mut reserved));
+                        dump(&config, t);
+                    });
+                } else if !armed[i] && fraction < t - rearm_gap {
+                    armed[i] = true;
+                }
+            }
+            let lowest = config.thresholds.first().copied().unwrap_or(1.0);
+            if reserved.is_empty() && config.reserve_bytes > 0 && fraction < lowest - rearm_gap {
+                reserved = untracked(|| reserve(config.reserve_bytes));
+            }
+        }
+        std::thread::park_timeout(config.interval);
+    }
+}
+
+/// Writes the current and peak profiles for threshold `t`, then prunes.
+fn dump(config: &OomGuardConfig, t: f64) {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let pct = (t * 100.0).round() as u32;
+    let pid = std::process::id();
+    let name = |kind: &str| format!("heapprof-{pid}-{ms:015}-{pct:03}pct-{kind}.pb.gz");
+    write_atomically(
+        &config.dir.join(name("current")),
+        &crate::snapshot().to_pprof(),
+    );
+    if let Some(peak) = crate::peak_snapshot() {
+        write_atomically(&config.dir.join(name("peak")), &peak.to_pprof());
+    }
+    prune(&config.dir, config.keep);
+}
+
+/// Writes via a temporary name and a rename, so readers never see half a
+/// profile. Errors are reported on stderr: there is no caller to return to.
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        eprintln!("heapprof oom_guard: cannot write {}: {e}", path.display());
+    }
+}
+
+fn prune(dir: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut dumps: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("heapprof-") && n.ends_with(".pb.gz"))
+        })
+        .collect();
+    // Names sort by pid, then time; order by the time field.
+    dumps.sort_by_key(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').nth(2).map(str::to_owned))
+            .unwrap_or_default()
+    });
+    let excess = dumps.len().saturating_sub(keep);
+    for p in &dumps[..excess] {
+        let _ = std::fs::remove_file(p);
+    }
+}
