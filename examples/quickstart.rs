@@ -5,11 +5,13 @@
 //! 1 GiB in `churn`, then writes its heap profile.
 //!
 //! ```text
-//! quickstart [OUT] [--text] [--scale F]
+//! quickstart [OUT] [--text] [--scale F] [--serve ADDR]
 //! ```
 //! - `OUT`: where to write the profile (default `heap.pb.gz`); `-` for stdout.
 //! - `--text`: Go's `debug=1` text format instead of gzipped pprof.
 //! - `--scale F`: multiply every amount by F (tests use 1/16 at rate 1).
+//! - `--serve ADDR`: then serve heapprof-http on ADDR (port 0: any), print
+//!   `listening on http://ADDR` and block until killed.
 //! - `--sites N`: also keep one 1 KiB object from each of N distinct call
 //!   stacks (`spread_sites`), to exercise the site-table bound.
 //!
@@ -90,6 +92,7 @@ struct Args {
     text: bool,
     scale: f64,
     sites: usize,
+    serve: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -98,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
         text: false,
         scale: 1.0,
         sites: 0,
+        serve: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -119,6 +123,7 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|n| *n <= 50)
                     .ok_or_else(|| format!("--sites {v}: expected 0 to 50"))?;
             }
+            "--serve" => args.serve = Some(it.next().ok_or("--serve needs an address")?),
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a => args.out = a.into(),
         }
@@ -180,7 +185,27 @@ fn main() {
         eprintln!("quickstart: cannot write {}: {e}", args.out);
         std::process::exit(1);
     }
+    if let Some(addr) = &args.serve {
+        serve(addr);
+    }
     black_box((&buffers, &small, &spread));
+}
+
+/// Serves heapprof-http on `addr` and blocks until killed (the heap stays).
+fn serve(addr: &str) {
+    match heapprof_http::spawn(addr) {
+        Ok(bound) => {
+            println!("listening on http://{bound}");
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Runs `f`; returns its result, milliseconds and the growth of jemalloc's

@@ -1,0 +1,118 @@
+//! Query parameters of the profile routes, parsed strictly: anything the
+//! route would have to guess at is a 400 naming the accepted values.
+//!
+//! Parsed by hand from the raw query so that each rejection carries our
+//! own reason (axum's `Query` rejection would not say what to send).
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Go's heap-profile parameters: `debug`, `seconds`, `gc`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ProfileParams {
+    /// `debug=1`: Go's text format instead of gzipped protobuf.
+    pub text: bool,
+    /// `seconds=N`: a delta (heap) or sampling window (CPU).
+    pub seconds: Option<Duration>,
+    /// `gc=1`: give memory back to the OS before the snapshot.
+    pub gc: bool,
+}
+
+impl ProfileParams {
+    /// Parses `query` (without `?`); `max_seconds` bounds `seconds`.
+    /// Unknown parameters are ignored, as Go does; a repeated parameter is
+    /// a 400 (which one was meant?).
+    pub fn parse(query: Option<&str>, max_seconds: u64) -> Result<Self> {
+        let mut params = ProfileParams::default();
+        let mut seen = [false; 3];
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let index = match name {
+                "debug" => 0,
+                "seconds" => 1,
+                "gc" => 2,
+                _ => continue,
+            };
+            if std::mem::replace(&mut seen[index], true) {
+                return Err(Error::BadRequest(format!(
+                    "parameter {name} given more than once; send it once"
+                )));
+            }
+            match index {
+                0 => params.text = parse_flag("debug", value)?,
+                1 => params.seconds = Some(parse_seconds(value, max_seconds)?),
+                _ => params.gc = parse_flag("gc", value)?,
+            }
+        }
+        Ok(params)
+    }
+}
+
+fn parse_flag(name: &'static str, value: &str) -> Result<bool> {
+    match value {
+        "0" => Ok(false),
+        "1" => Ok(true),
+        _ => Err(Error::bad_param(name, value, "expected 0 or 1")),
+    }
+}
+
+fn parse_seconds(value: &str, max: u64) -> Result<Duration> {
+    let reason = || format!("expected a whole number of seconds from 1 to {max}");
+    let n: u64 = value
+        .parse()
+        .map_err(|_| Error::bad_param("seconds", value, reason()))?;
+    if n == 0 || n > max {
+        return Err(Error::bad_param("seconds", value, reason()));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str) -> Result<ProfileParams> {
+        ProfileParams::parse(Some(q), 300)
+    }
+
+    #[test]
+    fn accepts_go_parameters() {
+        let p = parse("debug=1&seconds=5&gc=1&other=x").unwrap();
+        assert_eq!(
+            p,
+            ProfileParams {
+                text: true,
+                seconds: Some(Duration::from_secs(5)),
+                gc: true
+            }
+        );
+        assert_eq!(
+            ProfileParams::parse(None, 300).unwrap(),
+            ProfileParams::default()
+        );
+        assert_eq!(
+            parse("seconds=300").unwrap().seconds,
+            Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn rejects_with_reason() {
+        for (q, needle) in [
+            ("seconds=abc", "from 1 to 300"),
+            ("seconds=-1", "from 1 to 300"),
+            ("seconds=0", "from 1 to 300"),
+            ("seconds=301", "from 1 to 300"),
+            ("seconds=", "from 1 to 300"),
+            ("debug=7", "expected 0 or 1"),
+            ("debug=", "expected 0 or 1"),
+            ("gc=x", "expected 0 or 1"),
+            ("gc=1&gc=0", "more than once"),
+        ] {
+            let err = parse(q).unwrap_err();
+            assert_eq!(err.status(), 400, "{q}");
+            assert!(err.to_string().contains(needle), "{q}: {err}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `/debug/pprof/heap` and `/debug/pprof/allocs`.
+//!
+//! A plain request joins the build of the same profile already in flight
+//! (single flight) or starts one under the build limit. `?seconds=N` takes
+//! a snapshot, waits N seconds, takes another and serves the difference
+//! (Go's delta profile); it holds one snapshot while it waits, so at most
+//! [`crate::Config::max_delta_requests`] wait at once.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::response::Response;
+use heapprof::{PprofOptions, SampleType, Snapshot};
+
+use super::{attachment, blocking, plain};
+use crate::error::{Error, Result};
+use crate::params::ProfileParams;
+use crate::state::{AppState, ProfileKey};
+
+/// `GET /debug/pprof/heap`: viewers start on `inuse_space`.
+pub(crate) async fn heap(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    serve(state, query, false).await
+}
+
+/// `GET /debug/pprof/allocs`: viewers start on `alloc_space`.
+pub(crate) async fn allocs(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response> {
+    serve(state, query, true).await
+}
+
+async fn serve(state: AppState, query: Option<String>, allocs: bool) -> Result<Response> {
+    let params = ProfileParams::parse(query.as_deref(), state.config().max_seconds)?;
+    let name = if allocs { "allocs" } else { "heap" };
+    if let Some(window) = params.seconds {
+        if params.text {
+            return Err(Error::BadRequest(
+                "seconds and debug=1 cannot be combined: a delta profile is served as \
+                 protobuf only (as in Go); drop debug=1"
+                    .into(),
+            ));
+        }
+        let body = delta(&state, window, allocs, params.gc).await?;
+        return Ok(attachment(&format!("{name}-delta"), body));
+    }
+    let key = ProfileKey {
+        allocs,
+        text: params.text,
+        gc: params.gc,
+    };
+    let builder = state.clone();
+    let (outcome, _started) = state.0.flights.run(key, move || build(builder, key)).await;
+    let body = outcome?;
+    Ok(if params.text {
+        plain(body)
+    } else {
+        attachment(name, body)
+    })
+}
+
+/// One build: a build slot, then snapshot and encode off the async threads.
+async fn build(state: AppState, key: ProfileKey) -> Result<Bytes> {
+    let _permit = state.build_permit().await?;
+    blocking(move || {
+        if key.gc {
+            release_memory();
+        }
+        encode(&heapprof::snapshot(), key.allocs, key.text)
+    })
+    .await
+}
+
+async fn delta(state: &AppState, window: Duration, allocs: bool, gc: bool) -> Result<Bytes> {
+    let _window = state.window_permit()?;
+    let base = blocking(move || {
+        if gc {
+            release_memory();
+        }
+        heapprof::snapshot()
+    })
+    .await?;
+    tokio::time::sleep(window).await;
+    let _permit = state.build_permit().await?;
+    blocking(move || {
+        if gc {
+            release_memory();
+        }
+        encode(&heapprof::snapshot().delta_since(&base), allocs, false)
+    })
+    .await
+}
+
+fn encode(snapshot: &Snapshot, allocs: bool, text: bool) -> Bytes {
+    if text {
+        return snapshot.to_text().into();
+    }
+    let mut options = PprofOptions::new();
+    if allocs {
+        options = options.default_sample_type(SampleType::AllocSpace);
+    }
+    snapshot.to_pprof_with(&options).into()
+}
+
+/// `gc=1`: Rust has no collector; the closest is giving the allocator's
+/// unused dirty pages back to the OS, which makes RSS comparable between
+/// profiles. Without the `jemalloc` feature it does nothing.
+fn release_memory() {
+    #[cfg(feature = "jemalloc")]
+    crate::jemalloc::purge();
+}
