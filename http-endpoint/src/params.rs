@@ -17,6 +17,11 @@ pub(crate) struct ProfileParams {
     pub seconds: Option<Duration>,
     /// `gc=1`: give memory back to the OS before the snapshot.
     pub gc: bool,
+    /// `peak=1`: the profile at the high-water mark (heapprof extension).
+    pub peak: bool,
+    /// `min_age=60s`: in-use values from live allocations at least this
+    /// old (heapprof extension).
+    pub min_age: Option<Duration>,
 }
 
 impl ProfileParams {
@@ -25,13 +30,15 @@ impl ProfileParams {
     /// a 400 (which one was meant?).
     pub fn parse(query: Option<&str>, max_seconds: u64) -> Result<Self> {
         let mut params = ProfileParams::default();
-        let mut seen = [false; 3];
+        let mut seen = [false; 5];
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let index = match name {
                 "debug" => 0,
                 "seconds" => 1,
                 "gc" => 2,
+                "peak" => 3,
+                "min_age" => 4,
                 _ => continue,
             };
             if std::mem::replace(&mut seen[index], true) {
@@ -42,8 +49,21 @@ impl ProfileParams {
             match index {
                 0 => params.text = parse_flag("debug", value)?,
                 1 => params.seconds = Some(parse_seconds(value, max_seconds)?),
-                _ => params.gc = parse_flag("gc", value)?,
+                2 => params.gc = parse_flag("gc", value)?,
+                3 => params.peak = parse_flag("peak", value)?,
+                _ => params.min_age = Some(parse_age(value)?),
             }
+        }
+        let views = [
+            params.seconds.is_some(),
+            params.peak,
+            params.min_age.is_some(),
+        ];
+        if views.iter().filter(|v| **v).count() > 1 {
+            return Err(Error::BadRequest(
+                "seconds, peak and min_age select different views of the heap; send one of them"
+                    .into(),
+            ));
         }
         Ok(params)
     }
@@ -55,6 +75,28 @@ fn parse_flag(name: &'static str, value: &str) -> Result<bool> {
         "1" => Ok(true),
         _ => Err(Error::bad_param(name, value, "expected 0 or 1")),
     }
+}
+
+/// `min_age`: a whole number with a unit (`500ms`, `60s`, `5m`, `2h`) or
+/// plain seconds, up to 30 days.
+fn parse_age(value: &str) -> Result<Duration> {
+    let reason = "expected a duration like 500ms, 60s, 5m or 2h (at most 30 days)";
+    let bad = || Error::bad_param("min_age", value, reason);
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let millis = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    }
+    .filter(|ms| *ms <= 30 * 24 * 3_600_000)
+    .ok_or_else(bad)?;
+    Ok(Duration::from_millis(millis))
 }
 
 fn parse_seconds(value: &str, max: u64) -> Result<Duration> {
@@ -84,7 +126,8 @@ mod tests {
             ProfileParams {
                 text: true,
                 seconds: Some(Duration::from_secs(5)),
-                gc: true
+                gc: true,
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -94,6 +137,27 @@ mod tests {
         assert_eq!(
             parse("seconds=300").unwrap().seconds,
             Some(Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn accepts_heapprof_extensions() {
+        assert!(parse("peak=1").unwrap().peak);
+        assert_eq!(
+            parse("min_age=60s").unwrap().min_age,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse("min_age=90").unwrap().min_age,
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse("min_age=250ms").unwrap().min_age,
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            parse("min_age=2h").unwrap().min_age,
+            Some(Duration::from_secs(7200))
         );
     }
 
@@ -109,6 +173,12 @@ mod tests {
             ("debug=", "expected 0 or 1"),
             ("gc=x", "expected 0 or 1"),
             ("gc=1&gc=0", "more than once"),
+            ("peak=yes", "expected 0 or 1"),
+            ("min_age=ten", "like 500ms"),
+            ("min_age=5d", "like 500ms"),
+            ("min_age=99999h", "like 500ms"),
+            ("peak=1&min_age=1s", "send one of them"),
+            ("seconds=5&peak=1", "send one of them"),
         ] {
             let err = parse(q).unwrap_err();
             assert_eq!(err.status(), 400, "{q}");

@@ -7,7 +7,7 @@ use axum::routing::get;
 
 use crate::auth::require_token;
 use crate::config::Config;
-use crate::routes::{cmdline, heap, index, profile, symbol};
+use crate::routes::{cmdline, heap, index, leaks, profile, symbol};
 use crate::state::AppState;
 
 /// Every route of the endpoint with [`Config::from_env`] settings
@@ -38,6 +38,7 @@ pub(crate) fn build(config: &Config) -> Router {
             "/debug/pprof/symbol",
             get(symbol::symbol).post(symbol::symbol),
         )
+        .route("/debug/heapprof/leaks", get(leaks::leaks))
         .with_state(AppState::new(config));
     with_auth(pprof.merge(metrics_routes()), config)
 }

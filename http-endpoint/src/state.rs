@@ -19,6 +19,10 @@ pub(crate) struct ProfileKey {
     pub text: bool,
     /// Purge the allocator first.
     pub gc: bool,
+    /// The peak profile instead of the current one.
+    pub peak: bool,
+    /// Only live allocations at least this old.
+    pub min_age: Option<std::time::Duration>,
 }
 
 /// Shared by all routes of one router.

@@ -4,7 +4,10 @@
 //! (single flight) or starts one under the build limit. `?seconds=N` takes
 //! a snapshot, waits N seconds, takes another and serves the difference
 //! (Go's delta profile); it holds one snapshot while it waits, so at most
-//! [`crate::Config::max_delta_requests`] wait at once.
+//! [`crate::Config::max_delta_requests`] wait at once. heapprof adds two
+//! views Go lacks: `?peak=1`, the profile at the high-water mark of the heap
+//! (a spike that is gone again), and `?min_age=60s`, in-use values from
+//! live allocations at least that old (the shape of a leak).
 
 use std::time::Duration;
 
@@ -52,6 +55,8 @@ async fn serve(state: AppState, query: Option<String>, allocs: bool) -> Result<R
         allocs,
         text: params.text,
         gc: params.gc,
+        peak: params.peak,
+        min_age: params.min_age,
     };
     let builder = state.clone();
     let (outcome, _started) = state.0.flights.run(key, move || build(builder, key)).await;
@@ -70,7 +75,12 @@ async fn build(state: AppState, key: ProfileKey) -> Result<Bytes> {
         if key.gc {
             release_memory();
         }
-        encode(&heapprof::snapshot(), key.allocs, key.text)
+        let snapshot = match (key.peak, key.min_age) {
+            (true, _) => heapprof::peak_snapshot().unwrap_or_else(heapprof::snapshot),
+            (false, Some(age)) => heapprof::snapshot_older_than(age),
+            (false, None) => heapprof::snapshot(),
+        };
+        encode(&snapshot, key.allocs, key.text)
     })
     .await
 }

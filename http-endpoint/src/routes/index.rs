@@ -18,7 +18,9 @@ const PROFILES: &[(&str, &str, &str)] = &[
         "heap",
         "heap?debug=1",
         "A sampling of memory allocations of live objects. You can specify the gc GET \
-         parameter to release unused allocator memory before taking the heap sample.",
+         parameter to release unused allocator memory before taking the heap sample. heapprof \
+         adds peak=1 (the heap at its high-water mark) and min_age=60s (only live \
+         allocations at least that old); leak suspects are at /debug/heapprof/leaks.",
     ),
     (
         "profile",

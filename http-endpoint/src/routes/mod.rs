@@ -3,6 +3,7 @@
 pub(crate) mod cmdline;
 pub(crate) mod heap;
 pub(crate) mod index;
+pub(crate) mod leaks;
 pub(crate) mod profile;
 pub(crate) mod symbol;
 
