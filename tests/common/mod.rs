@@ -2,6 +2,8 @@
 //! by `cargo test`, running them, and reading pprof profiles.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
