@@ -95,13 +95,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 {
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..eol]);
+        let size = usize::from_str_radix(size_text.trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < eol + 4 + size {
             break;
         }
         out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
