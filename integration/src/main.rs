@@ -1,6 +1,234 @@
-//! The heapprof command (work in progress).
+//! `heapprof`: the command-line face of heapprof-cli.
 
-fn main() {
-    eprintln!("heapprof: no commands yet");
-    std::process::exit(2);
+mod cli;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use heapprof_cli::fetch::Source;
+use heapprof_cli::report::bytes;
+use heapprof_cli::{discovery, procfs, profile, verify};
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("heapprof: {}", heapprof_cli::bpf::error_chain(e.as_ref()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Ps { json } => ps(json)?,
+        Command::PprofHeap { target, output } => pprof_heap(&target, output)?,
+        Command::Top {
+            source,
+            count,
+            sample,
+        } => top(&source, count, &sample)?,
+        Command::Diff {
+            old,
+            new,
+            count,
+            sample,
+        } => diff(&old, &new, count, &sample)?,
+        Command::Verify {
+            pid,
+            cgroup,
+            duration,
+            uprobes,
+            kernel,
+            json,
+            tolerance,
+            top,
+        } => {
+            let flags = Flags {
+                uprobes,
+                kernel,
+                json,
+            };
+            return verify_cmd(pid, cgroup, duration, flags, tolerance, top);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ps(json: bool) -> Result<()> {
+    let dir = discovery::dir();
+    let found = discovery::list(&dir);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    println!("{:>8}  {:<22}  {:>10}  COMMAND", "PID", "ADDRESS", "RSS");
+    for e in &found {
+        let rss = std::fs::read_to_string(format!("/proc/{}/status", e.pid))
+            .map(|s| bytes(procfs::parse_status(&s).vm_rss as f64))
+            .unwrap_or_else(|_| "?".into());
+        println!(
+            "{:>8}  {:<22}  {:>10}  {}",
+            e.pid,
+            e.addr,
+            rss,
+            e.cmdline.join(" ")
+        );
+    }
+    if found.is_empty() {
+        eprintln!("no process serves heapprof (looked in {})", dir.display());
+    }
+    Ok(())
+}
+
+fn pprof_heap(target: &str, output: Option<std::path::PathBuf>) -> Result<()> {
+    let body = Source::parse(target).heap_profile("")?;
+    if let Some(path) = output {
+        std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {} bytes to {}", body.len(), path.display());
+        return Ok(());
+    }
+    let path = std::env::temp_dir().join(format!(
+        "heapprof-{}-{}.pb.gz",
+        target.replace(['/', ':'], "_"),
+        std::process::id()
+    ));
+    std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
+    let go = std::process::Command::new("go")
+        .args(["tool", "pprof"])
+        .arg(&path)
+        .status();
+    match go {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!(
+            "go tool pprof exited with {status}; profile kept at {}",
+            path.display()
+        ),
+        Err(_) => println!(
+            "profile saved to {} (install Go for `go tool pprof`, or use `heapprof top`)",
+            path.display()
+        ),
+    }
+    Ok(())
+}
+
+fn load(source: &str) -> Result<profile::HeapProfile> {
+    let body = Source::parse(source).heap_profile("")?;
+    profile::decode(&body).with_context(|| format!("reading {source}"))
+}
+
+fn value(sample: &str, v: i64) -> String {
+    if sample.ends_with("_space") {
+        bytes(v as f64)
+    } else {
+        v.to_string()
+    }
+}
+
+fn top(source: &str, n: usize, sample: &str) -> Result<()> {
+    let p = load(source)?;
+    let (rows, total) = profile::top(&p, sample, n)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{sample} total {}", value(sample, total))?;
+    writeln!(
+        out,
+        "{:>12} {:>6} {:>12} {:>6}  FUNCTION / HEAVIEST STACK",
+        "FLAT", "FLAT%", "CUM", "CUM%"
+    )?;
+    let pct = |v: i64| {
+        if total == 0 {
+            0.0
+        } else {
+            v as f64 * 100.0 / total as f64
+        }
+    };
+    for r in rows {
+        writeln!(
+            out,
+            "{:>12} {:>5.1}% {:>12} {:>5.1}%  {}",
+            value(sample, r.flat),
+            pct(r.flat),
+            value(sample, r.cum),
+            pct(r.cum),
+            r.function
+        )?;
+        if r.stack.len() > 1 {
+            writeln!(out, "{:42}{}", "", profile::stack_line(&r.stack, 6))?;
+        }
+    }
+    Ok(())
+}
+
+fn diff(old: &str, new: &str, n: usize, sample: &str) -> Result<()> {
+    let rows = profile::diff(&load(old)?, &load(new)?, sample)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:>12} {:>12} {:>12}  SITE ({sample})",
+        "DELTA", "OLD", "NEW"
+    )?;
+    for r in rows.iter().take(n) {
+        let sign = if r.delta > 0 { "+" } else { "" };
+        writeln!(
+            out,
+            "{:>12} {:>12} {:>12}  {}",
+            format!("{sign}{}", value(sample, r.delta)),
+            value(sample, r.old),
+            value(sample, r.new),
+            profile::stack_line(&r.stack, 6)
+        )?;
+    }
+    Ok(())
+}
+
+/// The on/off switches of `verify`.
+struct Flags {
+    uprobes: bool,
+    kernel: bool,
+    json: bool,
+}
+
+fn verify_cmd(
+    pid: Option<u32>,
+    cgroup: Option<String>,
+    duration: f64,
+    flags: Flags,
+    tolerance: f64,
+    top: usize,
+) -> Result<ExitCode> {
+    let Flags {
+        uprobes,
+        kernel,
+        json,
+    } = flags;
+    let target = match (pid, cgroup) {
+        (_, Some(path)) => verify::Target::Cgroup(path),
+        (Some(pid), None) => verify::Target::Pid(pid),
+        (None, None) => anyhow::bail!("verify needs a PID or --cgroup PATH"),
+    };
+    let opts = verify::Options {
+        target,
+        duration: Duration::try_from_secs_f64(duration).context("--duration")?,
+        uprobes,
+        kernel,
+        tolerance,
+        top,
+    };
+    let report = verify::run(&opts, |line| eprintln!("{line}"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", heapprof_cli::report::render(&report));
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -1,0 +1,487 @@
+//! Exact allocator accounting over a bounded window, with uprobes and
+//! uretprobes on the target's allocator entry points (bcc memleak's method).
+//!
+//! Probed families, found in the ELF symbol tables of what the target maps:
+//! - libc (cookie 0): `malloc calloc realloc free posix_memalign
+//!   aligned_alloc memalign` in the mapped `libc.so*` (or in the executable
+//!   if it defines `malloc` itself);
+//! - jemalloc (cookie 1): tikv-jemallocator's prefixed `_rjem_*` functions
+//!   in the executable. Rust's deallocations go to `_rjem_sdallocx(ptr,
+//!   size, flags)`; the recorded size is used, not its argument.
+//!
+//! Only allocations made while the probes are attached are seen: older
+//! ones, and frees of them (counted as `free_unknown`), are invisible.
+//! Each probe hit traps into the kernel: several microseconds per hit, so a
+//! malloc-heavy target slows down by orders of magnitude while attached.
+//! glibc's `free` starts with `test %rdi,%rdi`, which the kernel cannot
+//! emulate and single-steps (~18 us); when those bytes are found the probe
+//! goes 3 bytes later, which keeps the argument register intact.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap as BpfHashMap, StackTraceMap};
+use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
+use aya::programs::{UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeAttachPoint};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::procfs::{Mapping, parse_maps, parse_stat_cpu_ticks};
+use crate::symbols::{ElfSymbols, Symbolizer};
+
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uprobes.bpf.o"));
+
+/// Errors of the uprobe check.
+#[derive(Debug, thiserror::Error)]
+pub enum UprobeError {
+    /// The kernel refused to load BPF for lack of privilege.
+    #[error("uprobes need root or CAP_BPF+CAP_PERFMON: {0}")]
+    Permission(String),
+    /// The target process is gone.
+    #[error("process {0} not found (exited?)")]
+    NoProcess(u32),
+    /// No allocator symbol found in the target.
+    #[error("no allocator entry points (malloc, _rjem_malloc) found in process {0}")]
+    NoSymbols(u32),
+    /// Loading or attaching failed for another reason.
+    #[error("{what}: {reason}")]
+    Bpf {
+        /// What was being done.
+        what: String,
+        /// The error, as text (aya's error types are not `Sync`-uniform).
+        reason: String,
+    },
+}
+
+/// A BPF error with its whole source chain; EPERM becomes `Permission`.
+fn bpf_error(what: impl Into<String>, e: impl std::error::Error) -> UprobeError {
+    let reason = super::error_chain(&e);
+    if super::is_permission(&reason) {
+        return UprobeError::Permission(reason);
+    }
+    UprobeError::Bpf {
+        what: what.into(),
+        reason,
+    }
+}
+
+fn missing(name: &str) -> UprobeError {
+    UprobeError::Bpf {
+        what: name.to_string(),
+        reason: "missing from uprobes.bpf.o".into(),
+    }
+}
+
+/// Mirrors `struct alloc_info` in uprobes.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct AllocInfo {
+    size: u64,
+    stack_id: i64,
+    family: u64,
+}
+
+// SAFETY: repr(C), only integer fields, no padding; any bit pattern is valid.
+unsafe impl aya::Pod for AllocInfo {}
+
+/// Mirrors `struct totals` in uprobes.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Totals {
+    alloc_count: u64,
+    alloc_bytes: u64,
+    free_count: u64,
+    free_bytes: u64,
+    free_unknown: u64,
+    dropped: u64,
+    probe_hits: u64,
+    stack_errors: u64,
+}
+
+// SAFETY: repr(C), only u64 fields, no padding; any bit pattern is valid.
+unsafe impl aya::Pod for Totals {}
+
+/// An allocator family: cookie, name, `(symbol, kind)` pairs.
+struct Family {
+    cookie: u64,
+    name: &'static str,
+    symbols: &'static [(&'static str, Kind)],
+}
+
+/// Which programs an entry point gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Malloc,
+    Calloc,
+    Aligned,
+    Memalign,
+    Realloc,
+    Free,
+}
+
+impl Kind {
+    /// Entry program and, except for frees, return program.
+    fn programs(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Kind::Malloc => ("malloc_enter", Some("malloc_exit")),
+            Kind::Calloc => ("calloc_enter", Some("malloc_exit")),
+            Kind::Aligned => ("aligned_enter", Some("malloc_exit")),
+            Kind::Memalign => ("memalign_enter", Some("memalign_exit")),
+            Kind::Realloc => ("realloc_enter", Some("realloc_exit")),
+            Kind::Free => ("free_enter", None),
+        }
+    }
+}
+
+const FAMILIES: [Family; 2] = [
+    Family {
+        cookie: 0,
+        name: "libc",
+        symbols: &[
+            ("malloc", Kind::Malloc),
+            ("calloc", Kind::Calloc),
+            ("realloc", Kind::Realloc),
+            ("free", Kind::Free),
+            ("posix_memalign", Kind::Memalign),
+            ("aligned_alloc", Kind::Aligned),
+            ("memalign", Kind::Aligned),
+        ],
+    },
+    Family {
+        cookie: 1,
+        name: "jemalloc",
+        symbols: &[
+            ("_rjem_malloc", Kind::Malloc),
+            ("_rjem_mallocx", Kind::Malloc),
+            ("_rjem_calloc", Kind::Calloc),
+            ("_rjem_realloc", Kind::Realloc),
+            ("_rjem_rallocx", Kind::Realloc),
+            ("_rjem_free", Kind::Free),
+            ("_rjem_sdallocx", Kind::Free),
+            ("_rjem_dallocx", Kind::Free),
+            ("_rjem_posix_memalign", Kind::Memalign),
+            ("_rjem_aligned_alloc", Kind::Aligned),
+            ("_rjem_memalign", Kind::Aligned),
+        ],
+    },
+];
+
+/// Counts of one allocator family over the window.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FamilyCounts {
+    /// `libc` or `jemalloc`.
+    pub family: String,
+    /// The probed file.
+    pub file: String,
+    /// The symbols probed.
+    pub symbols: Vec<String>,
+    /// Allocations seen.
+    pub alloc_count: u64,
+    /// Bytes allocated.
+    pub alloc_bytes: u64,
+    /// Frees of allocations made in the window.
+    pub free_count: u64,
+    /// Bytes of those.
+    pub free_bytes: u64,
+    /// Frees of addresses allocated before the window (invisible sizes).
+    pub free_unknown: u64,
+    /// Allocations not tracked because the live map was full.
+    pub dropped: u64,
+    /// Allocations made in the window and still live at its end.
+    pub live_count: u64,
+    /// Their bytes.
+    pub live_bytes: u64,
+    /// Probe invocations (entries).
+    pub probe_hits: u64,
+}
+
+/// One stack with outstanding allocations.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LiveStack {
+    /// The allocator family.
+    pub family: String,
+    /// Live bytes.
+    pub bytes: u64,
+    /// Live allocations.
+    pub count: u64,
+    /// Function names, innermost first.
+    pub frames: Vec<String>,
+}
+
+/// What the probes saw.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct UprobeReport {
+    /// Length of the window, seconds.
+    pub window_secs: f64,
+    /// Load + attach time, milliseconds.
+    pub attach_ms: f64,
+    /// Per family.
+    pub families: Vec<FamilyCounts>,
+    /// Top stacks by outstanding bytes.
+    pub top_stacks: Vec<LiveStack>,
+    /// Probe hits, all families.
+    pub probe_hits: u64,
+    /// CPU seconds the target used during the window.
+    pub target_cpu_secs: f64,
+    /// What this does not see.
+    pub note: String,
+}
+
+impl UprobeReport {
+    /// Live bytes of family `name` (0 if not probed).
+    pub fn live_bytes(&self, name: &str) -> u64 {
+        self.families
+            .iter()
+            .filter(|f| f.family == name)
+            .map(|f| f.live_bytes)
+            .sum()
+    }
+}
+
+/// Probes attached to one process; [`Session::finish`] detaches and reports.
+pub struct Session {
+    ebpf: Ebpf,
+    pid: u32,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    families: Vec<FamilyCounts>,
+    started: Instant,
+    attach_ms: f64,
+    /// CPU ticks of the target at attach, then used in the window.
+    cpu_ticks: u64,
+    window: Duration,
+    /// The target's mappings at attach time, for symbolizing if it exits.
+    maps: Vec<Mapping>,
+}
+
+fn read_maps(pid: u32) -> Result<Vec<Mapping>, UprobeError> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|t| parse_maps(&t))
+        .map_err(|_| UprobeError::NoProcess(pid))
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| parse_stat_cpu_ticks(&t))
+        .unwrap_or(0)
+}
+
+/// Which file provides each family in process `pid`: `(family index, path)`.
+fn targets(pid: u32, maps: &[Mapping]) -> Vec<(usize, String, ElfSymbols)> {
+    let mut out = Vec::new();
+    let exe = format!("/proc/{pid}/exe");
+    let exe_syms = ElfSymbols::read(&exe).ok();
+    if let Some(syms) = &exe_syms
+        && (syms.has("_rjem_malloc") || syms.has("_rjem_mallocx"))
+    {
+        out.push((1, exe.clone(), ElfSymbols::read(&exe).unwrap_or_default()));
+    }
+    let libc = maps
+        .iter()
+        .find(|m| {
+            let base = m.path.rsplit('/').next().unwrap_or("");
+            base.starts_with("libc.so") || base.starts_with("libc-")
+        })
+        .map(|m| format!("/proc/{pid}/root{}", m.path));
+    match (libc, exe_syms) {
+        (Some(path), _) => {
+            if let Ok(syms) = ElfSymbols::read(&path) {
+                out.push((0, path, syms));
+            }
+        }
+        (None, Some(syms)) if syms.has("malloc") => out.push((0, exe, syms)),
+        _ => {}
+    }
+    out
+}
+
+impl Session {
+    /// Loads the programs and attaches them to `pid`'s allocators.
+    pub fn attach(pid: u32) -> Result<Self, UprobeError> {
+        let t0 = Instant::now();
+        let maps = read_maps(pid)?;
+        let found = targets(pid, &maps);
+
+        if found.is_empty() {
+            return Err(UprobeError::NoSymbols(pid));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global("target_tgid", &pid, true)
+            .load(PROGRAM)
+            .map_err(|e| bpf_error("loading uprobes.bpf.o", e))?;
+        let scope =
+            UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(UprobeError::NoProcess(pid))?);
+        let mut links = Vec::new();
+        let mut families = Vec::new();
+        for (fi, path, syms) in found {
+            let fam = &FAMILIES[fi];
+            let mut counts = FamilyCounts {
+                family: fam.name.into(),
+                file: path.clone(),
+                ..FamilyCounts::default()
+            };
+            let mut seen_addr = std::collections::HashSet::new();
+            for &(sym, kind) in fam.symbols {
+                let Some(addr) = syms.address(sym) else {
+                    continue;
+                };
+                if !seen_addr.insert(addr) {
+                    continue; // an alias (glibc: memalign == aligned_alloc)
+                }
+                let skip_test = kind == Kind::Free
+                    && syms
+                        .prologue(sym)
+                        .is_some_and(|b| b[..3] == [0x48, 0x85, 0xff]);
+                let (enter, exit) = kind.programs();
+                for (name, offset) in [(Some(enter), skip_test), (exit, false)] {
+                    let Some(name) = name else { continue };
+                    let p: &mut UProbe = ebpf
+                        .program_mut(name)
+                        .ok_or_else(|| missing(name))?
+                        .try_into()
+                        .map_err(|e| bpf_error(name, e))?;
+                    if p.fd().is_err() {
+                        p.load()
+                            .map_err(|e| bpf_error(format!("loading {name}"), e))?;
+                    }
+                    let location = if offset {
+                        UProbeAttachLocation::SymbolOffset(sym, 3)
+                    } else {
+                        UProbeAttachLocation::Symbol(sym)
+                    };
+                    let point = UProbeAttachPoint {
+                        location,
+                        cookie: Some(fam.cookie),
+                    };
+                    let link = p.attach(point, &path, scope).map_err(|e| {
+                        bpf_error(format!("attaching {name} to {sym} in {path}"), e)
+                    })?;
+                    links.push((name, link));
+                }
+                counts.symbols.push(if skip_test {
+                    format!("{sym}+3")
+                } else {
+                    sym.to_string()
+                });
+            }
+            families.push(counts);
+        }
+        Ok(Self {
+            ebpf,
+            pid,
+            links,
+            families,
+            started: Instant::now(),
+            attach_ms: t0.elapsed().as_secs_f64() * 1e3,
+            cpu_ticks: cpu_ticks(pid),
+            window: Duration::ZERO,
+            maps,
+        })
+    }
+
+    /// Ends the window: detaches the probes (the counts stay readable).
+    pub fn detach(&mut self) {
+        if self.links.is_empty() {
+            return;
+        }
+        self.window = self.started.elapsed();
+        self.cpu_ticks = cpu_ticks(self.pid).saturating_sub(self.cpu_ticks);
+        for (name, link) in std::mem::take(&mut self.links) {
+            if let Some(p) = self.ebpf.program_mut(name) {
+                let p: Result<&mut UProbe, _> = p.try_into();
+                if let Ok(p) = p {
+                    let _ = p.detach(link);
+                }
+            }
+        }
+    }
+
+    /// Detaches the probes if still attached and reads what they counted,
+    /// with the `top` stacks of outstanding allocations symbolized.
+    pub fn finish(mut self, top: usize) -> Result<UprobeReport, UprobeError> {
+        self.detach();
+        let (window, ticks) = (self.window, self.cpu_ticks);
+        let maps = match read_maps(self.pid) {
+            Ok(m) if !m.is_empty() => m,
+            _ => std::mem::take(&mut self.maps),
+        };
+        let totals: Array<_, Totals> =
+            Array::try_from(self.map("totals")?).map_err(|e| bpf_error("totals", e))?;
+        let live: BpfHashMap<_, u64, AllocInfo> =
+            BpfHashMap::try_from(self.map("live")?).map_err(|e| bpf_error("live", e))?;
+        let stacks: StackTraceMap<_> =
+            StackTraceMap::try_from(self.map("stacks")?).map_err(|e| bpf_error("stacks", e))?;
+
+        let mut families = self.families.clone();
+        let mut by_stack: HashMap<(u64, i64), (u64, u64)> = HashMap::new();
+        for entry in live.iter() {
+            let Ok((_, info)) = entry else { continue };
+            let e = by_stack.entry((info.family, info.stack_id)).or_default();
+            e.0 += info.size;
+            e.1 += 1;
+        }
+        for f in &mut families {
+            let cookie = FAMILIES
+                .iter()
+                .find(|x| x.name == f.family)
+                .map_or(0, |x| x.cookie);
+            let t = totals.get(&(cookie as u32), 0).unwrap_or_default();
+            f.alloc_count = t.alloc_count;
+            f.alloc_bytes = t.alloc_bytes;
+            f.free_count = t.free_count;
+            f.free_bytes = t.free_bytes;
+            f.free_unknown = t.free_unknown;
+            f.dropped = t.dropped;
+            f.probe_hits = t.probe_hits;
+            for ((fam, _), (bytes, count)) in &by_stack {
+                if *fam == cookie {
+                    f.live_bytes += bytes;
+                    f.live_count += count;
+                }
+            }
+        }
+        let mut rows: Vec<((u64, i64), (u64, u64))> = by_stack.into_iter().collect();
+        rows.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
+        let mut sym = Symbolizer::new(self.pid, maps);
+        let top_stacks = rows
+            .into_iter()
+            .take(top)
+            .map(|((fam, id), (bytes, count))| {
+                let frames = u32::try_from(id)
+                    .ok()
+                    .and_then(|id| stacks.get(&id, 0).ok())
+                    .map(|st| st.frames().iter().map(|f| sym.name(f.ip)).collect())
+                    .unwrap_or_else(|| vec!["[stack unavailable]".to_string()]);
+                LiveStack {
+                    family: FAMILIES
+                        .iter()
+                        .find(|x| x.cookie == fam)
+                        .map_or("?", |x| x.name)
+                        .into(),
+                    bytes,
+                    count,
+                    frames,
+                }
+            })
+            .collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok(UprobeReport {
+            window_secs: window.as_secs_f64(),
+            attach_ms: self.attach_ms,
+            probe_hits: families.iter().map(|f| f.probe_hits).sum(),
+            families,
+            top_stacks,
+            target_cpu_secs: ticks as f64 / hz,
+            note: "uprobes see only allocations made during the window; older ones \
+                   (and frees of them, counted as free_unknown) are invisible. Stacks are \
+                   unwound by frame pointers: build the target with frame pointers \
+                   (-C force-frame-pointers=yes, -fno-omit-frame-pointer) for full stacks"
+                .into(),
+        })
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map, UprobeError> {
+        self.ebpf.map(name).ok_or_else(|| missing(name))
+    }
+}

@@ -1,0 +1,338 @@
+//! Memory of a cgroup, read the way cAdvisor and the kubelet read it.
+//!
+//! - usage: `memory.usage_in_bytes` (v1) or `memory.current` (v2);
+//! - working set: usage minus inactive file pages (`total_inactive_file` in
+//!   v1's `memory.stat`, `inactive_file` in v2's), floored at 0 — what the
+//!   kubelet evicts on and what `container_memory_working_set_bytes` shows;
+//! - rss: `total_rss` (v1) / `anon` (v2); cache: `total_cache` / `file`;
+//! - limit: `memory.limit_in_bytes` (v1; values near `i64::MAX` mean none)
+//!   or `memory.max` (v2; `max` means none);
+//! - failures: `memory.failcnt` (v1) / the `max` count of `memory.events`
+//!   (v2); OOM kills: `oom_kill` of `memory.oom_control` (v1) /
+//!   `memory.events` (v2).
+//!
+//! The memory hierarchy is found at `/sys/fs/cgroup/memory` (v1), else
+//! `/sys/fs/cgroup` or `/sys/fs/cgroup/unified` (v2), whichever has the
+//! process's cgroup directory with memory files.
+
+use std::collections::HashMap;
+
+use crate::fs::Fs;
+
+/// Errors reading a cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// `/proc/PID/cgroup` could not be read.
+    #[error("cannot read /proc/{pid}/cgroup: {source}")]
+    ProcCgroup {
+        /// The process.
+        pid: u32,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No memory cgroup directory found for the process or path.
+    #[error("no memory cgroup found for {what} (no v1 memory controller, no v2 memory.current)")]
+    NotFound {
+        /// What was looked up.
+        what: String,
+    },
+    /// A memory file could not be read.
+    #[error("cgroup file {path} unreadable: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// cgroup version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Version {
+    /// cgroup v1 memory controller.
+    V1,
+    /// cgroup v2 unified hierarchy.
+    V2,
+}
+
+/// Memory figures of one cgroup, in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CgroupMemory {
+    /// Directory of the cgroup.
+    pub dir: String,
+    /// Version of the hierarchy.
+    pub version: Version,
+    /// Usage (includes page cache).
+    pub usage: u64,
+    /// Usage minus inactive file pages, floored at 0.
+    pub working_set: u64,
+    /// Anonymous memory (`total_rss` / `anon`).
+    pub rss: u64,
+    /// Page cache (`total_cache` / `file`).
+    pub cache: u64,
+    /// Inactive file pages.
+    pub inactive_file: u64,
+    /// The limit; none when unlimited.
+    pub limit: Option<u64>,
+    /// Times the limit was hit.
+    pub failcnt: u64,
+    /// OOM events (v2 `oom`; v1 `under_oom` now).
+    pub oom: u64,
+    /// OOM kills.
+    pub oom_kill: u64,
+    /// Child cgroups (containers of a pod), same figures.
+    pub children: Vec<CgroupMemory>,
+}
+
+/// Parses `memory.stat` (`key value` lines).
+pub fn parse_stat(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Parses a number file (`memory.current`, `memory.usage_in_bytes`).
+fn parse_number(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
+}
+
+/// Parses a v1 `memory.limit_in_bytes`: near `i64::MAX` (page-rounded) means
+/// unlimited.
+pub fn parse_limit_v1(text: &str) -> Option<u64> {
+    parse_number(text).filter(|&l| l < (1 << 62))
+}
+
+/// Parses a v2 `memory.max`: `max` means unlimited.
+pub fn parse_limit_v2(text: &str) -> Option<u64> {
+    match text.trim() {
+        "max" => None,
+        t => t.parse().ok(),
+    }
+}
+
+/// cAdvisor's working set: usage minus inactive file, floored at 0.
+pub fn working_set(usage: u64, inactive_file: u64) -> u64 {
+    usage.saturating_sub(inactive_file)
+}
+
+/// The memory cgroup path of a process from `/proc/PID/cgroup` contents:
+/// the v1 `memory` line if there is one, else the v2 `0::` line.
+pub fn parse_proc_cgroup(text: &str) -> Option<(Version, String)> {
+    let mut v2 = None;
+    for line in text.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some((Version::V1, path.to_string()));
+        }
+        if id == "0" && controllers.is_empty() {
+            v2 = Some((Version::V2, path.to_string()));
+        }
+    }
+    v2
+}
+
+/// The memory cgroup directory of process `pid`.
+pub fn dir_of_pid(fs: &Fs, pid: u32) -> Result<String, CgroupError> {
+    let text = fs
+        .read(format!("/proc/{pid}/cgroup"))
+        .map_err(|source| CgroupError::ProcCgroup { pid, source })?;
+    let not_found = || CgroupError::NotFound {
+        what: format!("pid {pid}"),
+    };
+    let (version, path) = parse_proc_cgroup(&text).ok_or_else(not_found)?;
+    let path = path.trim_end_matches('/');
+    let candidates: Vec<String> = match version {
+        Version::V1 => vec![format!("/sys/fs/cgroup/memory{path}")],
+        Version::V2 => vec![
+            format!("/sys/fs/cgroup{path}"),
+            format!("/sys/fs/cgroup/unified{path}"),
+        ],
+    };
+    candidates
+        .into_iter()
+        .find(|d| version_of(fs, d).is_some())
+        .ok_or_else(not_found)
+}
+
+/// The version of the memory cgroup directory `dir`, if it is one.
+pub fn version_of(fs: &Fs, dir: &str) -> Option<Version> {
+    if fs.exists(format!("{dir}/memory.usage_in_bytes")) {
+        Some(Version::V1)
+    } else if fs.exists(format!("{dir}/memory.current")) {
+        Some(Version::V2)
+    } else {
+        None
+    }
+}
+
+/// Reads the cgroup at `dir` and its children down to `depth` levels
+/// (1: a pod's containers).
+pub fn read(fs: &Fs, dir: &str, depth: u32) -> Result<CgroupMemory, CgroupError> {
+    let version = version_of(fs, dir).ok_or_else(|| CgroupError::NotFound {
+        what: dir.to_string(),
+    })?;
+    let file = |name: &str| {
+        let path = format!("{dir}/{name}");
+        fs.read(&path)
+            .map_err(|source| CgroupError::Read { path, source })
+    };
+    let mut cg = match version {
+        Version::V1 => {
+            let stat = parse_stat(&file("memory.stat")?);
+            let usage = parse_number(&file("memory.usage_in_bytes")?).unwrap_or(0);
+            let oom = parse_stat(&file("memory.oom_control").unwrap_or_default());
+            from_parts(
+                dir,
+                version,
+                usage,
+                &stat,
+                ["total_inactive_file", "total_rss", "total_cache"],
+                parse_limit_v1(&file("memory.limit_in_bytes")?),
+                parse_number(&file("memory.failcnt").unwrap_or_default()).unwrap_or(0),
+                oom.get("under_oom").copied().unwrap_or(0),
+                oom.get("oom_kill").copied().unwrap_or(0),
+            )
+        }
+        Version::V2 => {
+            let stat = parse_stat(&file("memory.stat")?);
+            let usage = parse_number(&file("memory.current")?).unwrap_or(0);
+            let events = parse_stat(&file("memory.events").unwrap_or_default());
+            let get = |k: &str| events.get(k).copied().unwrap_or(0);
+            from_parts(
+                dir,
+                version,
+                usage,
+                &stat,
+                ["inactive_file", "anon", "file"],
+                parse_limit_v2(&file("memory.max")?),
+                get("max"),
+                get("oom"),
+                get("oom_kill"),
+            )
+        }
+    };
+    if depth == 0 {
+        return Ok(cg);
+    }
+    for child in fs.subdirs(dir).unwrap_or_default() {
+        let child_dir = format!("{dir}/{child}");
+        if version_of(fs, &child_dir).is_some() {
+            cg.children.push(read(fs, &child_dir, depth - 1)?);
+        }
+    }
+    Ok(cg)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn from_parts(
+    dir: &str,
+    version: Version,
+    usage: u64,
+    stat: &HashMap<String, u64>,
+    [inactive_key, rss_key, cache_key]: [&str; 3],
+    limit: Option<u64>,
+    failcnt: u64,
+    oom: u64,
+    oom_kill: u64,
+) -> CgroupMemory {
+    let get = |k: &str| stat.get(k).copied().unwrap_or(0);
+    let inactive_file = get(inactive_key);
+    CgroupMemory {
+        dir: dir.to_string(),
+        version,
+        usage,
+        working_set: working_set(usage, inactive_file),
+        rss: get(rss_key),
+        cache: get(cache_key),
+        inactive_file,
+        limit,
+        failcnt,
+        oom,
+        oom_kill,
+        children: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> Fs {
+        Fs::at(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/cgroup"
+        ))
+    }
+
+    #[test]
+    fn proc_cgroup_lines() {
+        let v1 = "4:memory:/kubepods/pod1/c1\n0::/\n";
+        assert_eq!(
+            parse_proc_cgroup(v1),
+            Some((Version::V1, "/kubepods/pod1/c1".into()))
+        );
+        let v2 = "0::/kubepods.slice/pod2\n";
+        assert_eq!(
+            parse_proc_cgroup(v2),
+            Some((Version::V2, "/kubepods.slice/pod2".into()))
+        );
+        assert_eq!(parse_proc_cgroup("1:cpu:/\n"), None);
+    }
+
+    #[test]
+    fn limits_and_working_set() {
+        assert_eq!(parse_limit_v1("9223372036854771712\n"), None);
+        assert_eq!(parse_limit_v1("268435456\n"), Some(256 << 20));
+        assert_eq!(parse_limit_v2("max\n"), None);
+        assert_eq!(parse_limit_v2("536870912\n"), Some(512 << 20));
+        assert_eq!(working_set(100, 30), 70);
+        assert_eq!(working_set(100, 300), 0);
+    }
+
+    /// A pod cgroup v2 in the kernel's file format (hand-written fixture:
+    /// this machine's cgroup2 has no memory controller): two containers,
+    /// one of them OOM-killed once.
+    #[test]
+    fn v2_pod_from_fixture() {
+        let fs = fixture();
+        let dir = dir_of_pid(&fs, 4242).unwrap();
+        assert_eq!(dir, "/sys/fs/cgroup/kubepods.slice/pod1");
+        let pod = read(&fs, &dir, 1).unwrap();
+        assert!(read(&fs, &dir, 0).unwrap().children.is_empty());
+        assert_eq!(pod.version, Version::V2);
+        assert_eq!(pod.usage, 734_003_200);
+        assert_eq!(pod.working_set, 734_003_200 - 209_715_200);
+        assert_eq!(pod.rss, 503_316_480);
+        assert_eq!(pod.cache, 230_686_720);
+        assert_eq!(pod.limit, Some(1 << 30));
+        assert_eq!((pod.failcnt, pod.oom, pod.oom_kill), (3, 1, 1));
+        assert_eq!(pod.children.len(), 2);
+        let app = &pod.children[0];
+        assert!(app.dir.ends_with("/app"));
+        assert_eq!(app.limit, None);
+        assert_eq!(app.working_set, 0, "inactive_file above usage floors at 0");
+        let shipper = &pod.children[1];
+        assert!(shipper.dir.ends_with("/log-shipper"));
+        assert_eq!(shipper.oom_kill, 1);
+        assert_eq!(shipper.working_set, 471_859_200 - 10_485_760);
+    }
+
+    #[test]
+    fn missing_cgroup_is_an_error() {
+        let fs = fixture();
+        assert!(matches!(
+            read(&fs, "/sys/fs/cgroup/nope", 1),
+            Err(CgroupError::NotFound { .. })
+        ));
+        assert!(matches!(
+            dir_of_pid(&fs, 1),
+            Err(CgroupError::ProcCgroup { .. })
+        ));
+    }
+}

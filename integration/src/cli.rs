@@ -1,0 +1,92 @@
+//! The command line of `heapprof`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Find, pull and verify heapprof heap profiles of running processes.
+#[derive(Debug, Parser)]
+#[command(name = "heapprof", version)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List processes serving heapprof (from the discovery directory).
+    Ps {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch a heap profile; open it in `go tool pprof` if Go is installed.
+    PprofHeap {
+        /// PID or HOST:PORT.
+        target: String,
+        /// Write the profile here instead.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Top call sites of a profile, readable without Go.
+    Top {
+        /// PID, HOST:PORT or a profile file.
+        source: String,
+        /// Rows.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+        /// Sample type.
+        #[arg(long, default_value = "inuse_space", value_parser = SAMPLE_TYPES)]
+        sample: String,
+    },
+    /// Per-site growth between two profiles, largest first.
+    Diff {
+        /// The old profile (PID, HOST:PORT or file).
+        old: String,
+        /// The new profile.
+        new: String,
+        /// Rows.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+        /// Sample type.
+        #[arg(long, default_value = "inuse_space", value_parser = SAMPLE_TYPES)]
+        sample: String,
+    },
+    /// Hold the profiler's claims against procfs, the memory cgroup and uprobes.
+    Verify {
+        /// The process.
+        #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
+        pid: Option<u32>,
+        /// Verify a cgroup (and its children) instead of a process.
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// Uprobe window, seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Count allocations exactly with uprobes for the window (costly).
+        #[arg(long)]
+        uprobes: bool,
+        /// Watch RSS, mmap/munmap/brk, page faults and OOM kills with
+        /// tracepoints for the window (cheap).
+        #[arg(long)]
+        kernel: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Allowed disagreement, percent.
+        #[arg(long, default_value_t = 10.0)]
+        tolerance: f64,
+        /// Stacks with outstanding allocations to show.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+    },
+}
+
+const SAMPLE_TYPES: [&str; 4] = [
+    "inuse_space",
+    "alloc_space",
+    "inuse_objects",
+    "alloc_objects",
+];

@@ -1,0 +1,306 @@
+//! Heap profiles (profile.proto, gzipped or not): decoding, `top` and `diff`.
+//!
+//! Sites are keyed by their stack of function names (innermost first,
+//! every inlining level), so profiles from two runs of a binary — whose
+//! addresses differ — can be compared.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use pprof::protos::{Message, Profile};
+
+/// Errors of reading a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// gzip stream broken.
+    #[error("profile is not valid gzip: {0}")]
+    Gzip(#[source] std::io::Error),
+    /// protobuf broken.
+    #[error("profile is not a valid profile.proto: {0}")]
+    Decode(String),
+    /// The requested sample type is not in the profile.
+    #[error("sample type {wanted} not in profile (has: {has})")]
+    NoSampleType {
+        /// Requested.
+        wanted: String,
+        /// Present, comma-separated.
+        has: String,
+    },
+}
+
+/// A decoded profile, flattened to stacks of names.
+#[derive(Clone, Debug, Default)]
+pub struct HeapProfile {
+    /// Sample type names, in order.
+    pub sample_types: Vec<String>,
+    /// Stacks of function names, innermost first, with their values.
+    pub samples: Vec<(Vec<String>, Vec<i64>)>,
+}
+
+/// Decodes a profile (gunzipping if needed).
+pub fn decode(bytes: &[u8]) -> Result<HeapProfile, ProfileError> {
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .map_err(ProfileError::Gzip)?;
+        out
+    } else {
+        bytes.to_vec()
+    };
+    let p = Profile::decode(raw.as_slice()).map_err(|e| ProfileError::Decode(e.to_string()))?;
+    let s = |i: i64| p.string_table.get(i as usize).cloned().unwrap_or_default();
+    let functions: HashMap<u64, String> = p.function.iter().map(|f| (f.id, s(f.name))).collect();
+    let locations: HashMap<u64, Vec<String>> = p
+        .location
+        .iter()
+        .map(|l| {
+            let names = if l.line.is_empty() {
+                vec![format!("{:#x}", l.address)]
+            } else {
+                l.line
+                    .iter()
+                    .map(|line| {
+                        functions
+                            .get(&line.function_id)
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            };
+            (l.id, names)
+        })
+        .collect();
+    let samples = p
+        .sample
+        .iter()
+        .map(|smp| {
+            let stack = smp
+                .location_id
+                .iter()
+                .flat_map(|id| locations.get(id).cloned().unwrap_or_default())
+                .collect();
+            (stack, smp.value.clone())
+        })
+        .collect();
+    Ok(HeapProfile {
+        sample_types: p.sample_type.iter().map(|t| s(t.ty)).collect(),
+        samples,
+    })
+}
+
+impl HeapProfile {
+    /// Index of sample type `name`.
+    pub fn index(&self, name: &str) -> Result<usize, ProfileError> {
+        self.sample_types
+            .iter()
+            .position(|t| t == name)
+            .ok_or_else(|| ProfileError::NoSampleType {
+                wanted: name.to_string(),
+                has: self.sample_types.join(", "),
+            })
+    }
+
+    /// Sum of sample type `name` over all samples.
+    pub fn total(&self, name: &str) -> Result<i64, ProfileError> {
+        let i = self.index(name)?;
+        Ok(self.samples.iter().map(|(_, v)| v[i]).sum())
+    }
+
+    /// Values of sample type `i` summed per stack.
+    fn by_stack(&self, i: usize) -> HashMap<&[String], i64> {
+        let mut m: HashMap<&[String], i64> = HashMap::new();
+        for (stack, values) in &self.samples {
+            *m.entry(stack.as_slice()).or_default() += values[i];
+        }
+        m
+    }
+}
+
+/// One row of `top`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TopRow {
+    /// The function.
+    pub function: String,
+    /// Value where it is the leaf.
+    pub flat: i64,
+    /// Value of every stack it appears in.
+    pub cum: i64,
+    /// The heaviest stack with this leaf, innermost first.
+    pub stack: Vec<String>,
+}
+
+/// The top `n` functions by flat value of sample type `name`.
+pub fn top(p: &HeapProfile, name: &str, n: usize) -> Result<(Vec<TopRow>, i64), ProfileError> {
+    let i = p.index(name)?;
+    let mut rows: HashMap<&str, TopRow> = HashMap::new();
+    let mut heaviest: HashMap<&str, i64> = HashMap::new();
+    let mut total = 0;
+    for (stack, value) in p.by_stack(i) {
+        total += value;
+        let mut seen = std::collections::HashSet::new();
+        for (depth, f) in stack.iter().enumerate() {
+            if !seen.insert(f.as_str()) {
+                continue;
+            }
+            let row = rows.entry(f).or_insert_with(|| TopRow {
+                function: f.clone(),
+                flat: 0,
+                cum: 0,
+                stack: Vec::new(),
+            });
+            row.cum += value;
+            if depth == 0 {
+                row.flat += value;
+                let best = heaviest.entry(f).or_insert(i64::MIN);
+                if value > *best {
+                    *best = value;
+                    row.stack = stack.to_vec();
+                }
+            }
+        }
+    }
+    let mut rows: Vec<TopRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| (b.flat, b.cum, &a.function).cmp(&(a.flat, a.cum, &b.function)));
+    rows.truncate(n);
+    Ok((rows, total))
+}
+
+/// One row of `diff`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DiffRow {
+    /// The site, innermost first.
+    pub stack: Vec<String>,
+    /// Value in the old profile.
+    pub old: i64,
+    /// Value in the new profile.
+    pub new: i64,
+    /// `new - old`.
+    pub delta: i64,
+}
+
+/// Per-site change of sample type `name`, largest growth first.
+pub fn diff(
+    old: &HeapProfile,
+    new: &HeapProfile,
+    name: &str,
+) -> Result<Vec<DiffRow>, ProfileError> {
+    let (o, n) = (
+        old.by_stack(old.index(name)?),
+        new.by_stack(new.index(name)?),
+    );
+    let mut keys: Vec<&[String]> = o.keys().chain(n.keys()).copied().collect();
+    keys.sort();
+    keys.dedup();
+    let mut rows: Vec<DiffRow> = keys
+        .into_iter()
+        .map(|k| {
+            let (old, new) = (
+                o.get(k).copied().unwrap_or(0),
+                n.get(k).copied().unwrap_or(0),
+            );
+            DiffRow {
+                stack: k.to_vec(),
+                old,
+                new,
+                delta: new - old,
+            }
+        })
+        .filter(|r| r.delta != 0)
+        .collect();
+    rows.sort_by(|a, b| b.delta.cmp(&a.delta).then_with(|| a.stack.cmp(&b.stack)));
+    Ok(rows)
+}
+
+/// A stack as `leaf < caller < ...`, at most `depth` frames.
+pub fn stack_line(stack: &[String], depth: usize) -> String {
+    let mut s = stack
+        .iter()
+        .take(depth)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(" < ");
+    if stack.len() > depth {
+        s.push_str(" < ...");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(samples: &[(&[&str], i64)]) -> HeapProfile {
+        HeapProfile {
+            sample_types: vec!["inuse_space".into()],
+            samples: samples
+                .iter()
+                .map(|(s, v)| (s.iter().map(|f| f.to_string()).collect(), vec![*v]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn top_flat_and_cum() {
+        let p = profile(&[
+            (&["leak", "handler", "main"], 100),
+            (&["leak", "other", "main"], 10),
+            (&["small", "handler", "main"], 5),
+        ]);
+        let (rows, total) = top(&p, "inuse_space", 10).unwrap();
+        assert_eq!(total, 115);
+        assert_eq!(rows[0].function, "leak");
+        assert_eq!((rows[0].flat, rows[0].cum), (110, 110));
+        assert_eq!(rows[0].stack, vec!["leak", "handler", "main"]);
+        let main = rows.iter().find(|r| r.function == "main").unwrap();
+        assert_eq!((main.flat, main.cum), (0, 115));
+        assert!(top(&p, "alloc_space", 1).is_err());
+    }
+
+    #[test]
+    fn diff_orders_by_growth() {
+        let old = profile(&[(&["a", "main"], 10), (&["b", "main"], 50)]);
+        let new = profile(&[(&["a", "main"], 500), (&["b", "main"], 40), (&["c"], 1)]);
+        let rows = diff(&old, &new, "inuse_space").unwrap();
+        let deltas: Vec<i64> = rows.iter().map(|r| r.delta).collect();
+        assert_eq!(deltas, vec![490, 1, -10]);
+        assert_eq!(stack_line(&rows[0].stack, 1), "a < ...");
+    }
+
+    #[test]
+    fn decodes_encoded_profiles() {
+        let mut p = Profile {
+            string_table: vec!["".into(), "inuse_space".into(), "bytes".into(), "f".into()],
+            ..Profile::default()
+        };
+        p.sample_type
+            .push(pprof::protos::ValueType { ty: 1, unit: 2 });
+        p.function.push(pprof::protos::Function {
+            id: 1,
+            name: 3,
+            ..Default::default()
+        });
+        p.location.push(pprof::protos::Location {
+            id: 1,
+            line: vec![pprof::protos::Line {
+                function_id: 1,
+                line: 0,
+            }],
+            ..Default::default()
+        });
+        p.sample.push(pprof::protos::Sample {
+            location_id: vec![1],
+            value: vec![42],
+            label: vec![],
+        });
+        let raw = p.encode_to_vec();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &raw).unwrap();
+        for bytes in [raw.clone(), gz.finish().unwrap()] {
+            let h = decode(&bytes).unwrap();
+            assert_eq!(h.total("inuse_space").unwrap(), 42);
+            assert_eq!(h.samples[0].0, vec!["f"]);
+        }
+        assert!(decode(b"\x1f\x8bxx").is_err());
+    }
+}

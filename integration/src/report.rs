@@ -1,0 +1,357 @@
+//! The verdicts of `verify` and the report rendered as text tables.
+
+use std::fmt::Write;
+
+use crate::bpf::tracepoints::{self, KernelReport};
+use crate::bpf::uprobes::UprobeReport;
+use crate::cgroup::CgroupMemory;
+use crate::verify::{ProfilerWindow, VerifyReport};
+
+/// One comparison of two independent measurements.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Check {
+    /// Short name, stable for scripts.
+    pub name: String,
+    /// What is compared with what.
+    pub what: String,
+    /// The reference value (the more exact source).
+    pub expected: f64,
+    /// The value checked against it.
+    pub observed: f64,
+    /// `|observed - expected| / expected`, percent (0 when both are 0).
+    pub diff_pct: f64,
+    /// Whether `diff_pct` is within the tolerance.
+    pub ok: bool,
+    /// The verdict line.
+    pub verdict: String,
+}
+
+impl Check {
+    /// Compares `observed` with `expected` within `tolerance_pct`.
+    pub fn new(name: &str, what: &str, expected: f64, observed: f64, tolerance_pct: f64) -> Self {
+        let diff_pct = if expected == observed {
+            0.0
+        } else if expected == 0.0 {
+            100.0
+        } else {
+            (observed - expected).abs() / expected.abs() * 100.0
+        };
+        let ok = diff_pct <= tolerance_pct;
+        let verdict = if ok {
+            format!("agrees within {tolerance_pct}% ({diff_pct:.1}%)")
+        } else {
+            format!("disagrees by {diff_pct:.1}% (tolerance {tolerance_pct}%)")
+        };
+        Self {
+            name: name.into(),
+            what: what.into(),
+            expected,
+            observed,
+            diff_pct,
+            ok,
+            verdict,
+        }
+    }
+}
+
+/// Bytes for humans: `12.3 MiB`.
+pub fn bytes(n: impl Into<f64>) -> String {
+    let n: f64 = n.into();
+    let a = n.abs();
+    let (v, unit) = if a >= (1u64 << 30) as f64 {
+        (n / (1u64 << 30) as f64, "GiB")
+    } else if a >= (1 << 20) as f64 {
+        (n / (1 << 20) as f64, "MiB")
+    } else if a >= 1024.0 {
+        (n / 1024.0, "KiB")
+    } else {
+        return format!("{n} B");
+    };
+    format!("{v:.1} {unit}")
+}
+
+/// A two-column table: `label  value`, indented by `indent`.
+pub fn rows(out: &mut String, indent: usize, rows: &[(&str, String)]) {
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    for (label, value) in rows {
+        let _ = writeln!(out, "{:indent$}{label:<width$}  {value}", "");
+    }
+}
+
+/// The report as text.
+pub fn render(r: &VerifyReport) -> String {
+    let mut out = String::new();
+    if let Some(p) = &r.profiler {
+        let _ = writeln!(out, "profiler (http://{})", p.addr);
+        let mut v = vec![
+            ("in-use (estimate)", bytes(p.inuse_bytes as f64)),
+            ("in-use objects", p.inuse_objects.to_string()),
+            ("allocated since start", bytes(p.alloc_bytes as f64)),
+        ];
+        if let Some(j) = p.jemalloc_allocated {
+            v.push(("jemalloc allocated", bytes(j as f64)));
+        }
+        if let Some(j) = p.jemalloc_resident {
+            v.push(("jemalloc resident", bytes(j as f64)));
+        }
+        rows(&mut out, 2, &v);
+    }
+    if let Some(p) = &r.process {
+        let _ = writeln!(out, "process {} ({})", p.pid, p.cmdline);
+        rows(
+            &mut out,
+            2,
+            &[
+                ("RSS", bytes(p.status.vm_rss as f64)),
+                (
+                    "  anon / file / shmem",
+                    format!(
+                        "{} / {} / {}",
+                        bytes(p.status.rss_anon as f64),
+                        bytes(p.status.rss_file as f64),
+                        bytes(p.status.rss_shmem as f64)
+                    ),
+                ),
+                ("peak RSS", bytes(p.status.vm_hwm as f64)),
+                ("threads", p.stacks.threads.to_string()),
+                (
+                    "thread stacks",
+                    format!(
+                        "{} mappings ({} by stack pointer), {} resident of {}",
+                        p.stacks.stacks,
+                        p.stacks.matched_by_sp,
+                        bytes(p.stacks.rss as f64),
+                        bytes(p.stacks.size as f64)
+                    ),
+                ),
+            ],
+        );
+    }
+    if let Some(c) = &r.cgroup {
+        render_cgroup(&mut out, c, 0);
+    }
+    if let Some(x) = &r.reconciliation {
+        let _ = writeln!(out, "RSS explained ({})", bytes(x.rss as f64));
+        rows(
+            &mut out,
+            2,
+            &[
+                ("file pages", bytes(x.file as f64)),
+                ("shared memory", bytes(x.shmem as f64)),
+                ("thread stacks", bytes(x.thread_stacks as f64)),
+                (
+                    "live heap",
+                    format!("{} ({})", bytes(x.live_heap as f64), x.heap_source),
+                ),
+                ("allocator retained", bytes(x.allocator_retained as f64)),
+                ("other anonymous (unexplained)", bytes(x.other_anon as f64)),
+            ],
+        );
+    }
+    if let Some(k) = &r.kernel {
+        render_kernel(&mut out, k);
+    }
+    if let Some(u) = &r.uprobes {
+        render_uprobes(&mut out, u, r.profiler_window.as_ref());
+    }
+    for c in &r.checks {
+        let _ = writeln!(
+            out,
+            "check {}: {}: expected {} observed {}: {}",
+            c.name,
+            c.what,
+            bytes(c.expected),
+            bytes(c.observed),
+            c.verdict
+        );
+    }
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
+
+fn render_cgroup(out: &mut String, c: &CgroupMemory, depth: usize) {
+    let _ = writeln!(out, "{:depth$}cgroup {:?} {}", "", c.version, c.dir);
+    let limit = c.limit.map_or("none".to_string(), |l| bytes(l as f64));
+    let pct = |v: u64| {
+        c.limit.map_or(String::new(), |l| {
+            format!(" ({:.1}% of limit)", v as f64 * 100.0 / l as f64)
+        })
+    };
+    rows(
+        out,
+        depth + 2,
+        &[
+            (
+                "usage",
+                format!("{}{}", bytes(c.usage as f64), pct(c.usage)),
+            ),
+            (
+                "working set",
+                format!("{}{}", bytes(c.working_set as f64), pct(c.working_set)),
+            ),
+            ("rss", bytes(c.rss as f64)),
+            (
+                "cache",
+                format!(
+                    "{} (inactive file {})",
+                    bytes(c.cache as f64),
+                    bytes(c.inactive_file as f64)
+                ),
+            ),
+            ("limit", limit),
+            (
+                "failcnt / oom / oom_kill",
+                format!("{} / {} / {}", c.failcnt, c.oom, c.oom_kill),
+            ),
+        ],
+    );
+    for child in &c.children {
+        render_cgroup(out, child, depth + 2);
+    }
+}
+
+fn render_kernel(out: &mut String, k: &KernelReport) {
+    let _ = writeln!(out, "kernel (tracepoints) over the window");
+    let range = |c: &tracepoints::RssCounter| {
+        if c.updates == 0 {
+            "no change".to_string()
+        } else {
+            format!(
+                "{} .. {} (last {}, {} updates)",
+                bytes(c.min as f64),
+                bytes(c.max as f64),
+                bytes(c.last as f64),
+                c.updates
+            )
+        }
+    };
+    rows(
+        out,
+        2,
+        &[
+            ("rss anon", range(&k.rss_anon)),
+            ("rss file", range(&k.rss_file)),
+            ("rss shmem", range(&k.rss_shmem)),
+            (
+                "mmap",
+                format!("{} calls, {}", k.mmap_count, bytes(k.mmap_bytes as f64)),
+            ),
+            (
+                "munmap",
+                format!("{} calls, {}", k.munmap_count, bytes(k.munmap_bytes as f64)),
+            ),
+            ("brk", format!("{} calls", k.brk_count)),
+            (
+                "user page faults",
+                format!("{} ({} with stacks)", k.page_faults, k.page_faults_sampled),
+            ),
+            (
+                "OOM victim / OOM kills",
+                format!("{} / {}", k.oom_victim, k.oom_kills_any),
+            ),
+        ],
+    );
+    for s in &k.fault_stacks {
+        let _ = writeln!(out, "  {} sampled faults:", s.samples);
+        for f in s.frames.iter().take(8) {
+            let _ = writeln!(out, "      {f}");
+        }
+    }
+}
+
+fn render_uprobes(out: &mut String, u: &UprobeReport, w: Option<&ProfilerWindow>) {
+    let _ = writeln!(
+        out,
+        "uprobes: {:.1}s window, attached in {:.0} ms ({})",
+        u.window_secs, u.attach_ms, u.note
+    );
+    for f in &u.families {
+        let _ = writeln!(
+            out,
+            "  {} in {} [{}]",
+            f.family,
+            f.file,
+            f.symbols.join(" ")
+        );
+        rows(
+            out,
+            4,
+            &[
+                (
+                    "allocated in window",
+                    format!(
+                        "{} in {} allocations",
+                        bytes(f.alloc_bytes as f64),
+                        f.alloc_count
+                    ),
+                ),
+                (
+                    "freed (of those)",
+                    format!("{} in {} frees", bytes(f.free_bytes as f64), f.free_count),
+                ),
+                (
+                    "still live",
+                    format!(
+                        "{} in {} allocations",
+                        bytes(f.live_bytes as f64),
+                        f.live_count
+                    ),
+                ),
+                ("frees of older allocations", f.free_unknown.to_string()),
+                ("untracked (map full)", f.dropped.to_string()),
+            ],
+        );
+    }
+    if let Some(w) = w {
+        let _ = writeln!(
+            out,
+            "  profiler over the window: in-use {:+}, allocated {}",
+            w.inuse_change,
+            bytes(w.alloc_change as f64)
+        );
+    }
+    let per_hit_us = if u.probe_hits > 0 {
+        u.target_cpu_secs * 1e6 / u.probe_hits as f64
+    } else {
+        0.0
+    };
+    let _ = writeln!(
+        out,
+        "  cost: {} probe hits; target used {:.2}s CPU in the window ({:.1} us per hit, \
+         allocator calls are 200-3000x slower while attached)",
+        u.probe_hits, u.target_cpu_secs, per_hit_us
+    );
+    for s in &u.top_stacks {
+        let _ = writeln!(
+            out,
+            "  {} live in {} allocations ({}):",
+            bytes(s.bytes as f64),
+            s.count,
+            s.family
+        );
+        for f in s.frames.iter().take(12) {
+            let _ = writeln!(out, "      {f}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts() {
+        let c = Check::new("x", "a vs b", 100.0, 105.0, 10.0);
+        assert!(c.ok);
+        assert_eq!(c.verdict, "agrees within 10% (5.0%)");
+        let c = Check::new("x", "a vs b", 100.0, 150.0, 10.0);
+        assert!(!c.ok);
+        assert_eq!(c.verdict, "disagrees by 50.0% (tolerance 10%)");
+        assert!(Check::new("x", "", 0.0, 0.0, 1.0).ok);
+        assert!(!Check::new("x", "", 0.0, 1.0, 1.0).ok);
+        assert_eq!(bytes(1536.0), "1.5 KiB");
+        assert_eq!(bytes(3.0 * 1048576.0), "3.0 MiB");
+    }
+}
