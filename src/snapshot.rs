@@ -95,11 +95,15 @@ pub struct Stats {
     /// Samples not taken because the live table had no room (biases
     /// estimates low when non-zero).
     pub dropped_samples: u64,
-    /// Memory the profiler holds, in bytes: site table and stacks (mapped)
-    /// plus the live-sample table (reserved; resident as it fills).
+    /// Memory the profiler holds, in bytes: site table and stacks (mapped),
+    /// the live-sample table (reserved; resident as it fills) and the
+    /// symbol cache (heap, not sampled).
     pub own_memory_bytes: u64,
     /// Addresses in the symbol cache.
     pub symbol_cache_entries: usize,
+    /// Approximate heap bytes of the symbol cache (part of
+    /// `own_memory_bytes`).
+    pub symbol_cache_bytes: u64,
     /// Total time spent symbolizing, in nanoseconds.
     pub symbolization_ns: u64,
     /// Estimated in-use heap bytes of the process, from the samples.
@@ -288,7 +292,7 @@ fn set_ages(sites: &mut [Site], now_ns: u64) {
 /// The profiler's current [`Stats`].
 pub fn stats() -> Stats {
     let usage = site_table::usage();
-    let (symbol_cache_entries, symbolization_ns) = symbolize::cache_stats();
+    let (symbol_cache_entries, symbol_cache_bytes, symbolization_ns) = symbolize::cache_stats();
     Stats {
         sample_rate: config::sample_rate(),
         sites: usage.sites,
@@ -297,8 +301,10 @@ pub fn stats() -> Stats {
         live_samples: live_table::live(),
         live_capacity: live_table::CAPACITY,
         dropped_samples: live_table::dropped(),
-        own_memory_bytes: (usage.mapped_bytes + live_table::reserved_bytes()) as u64,
+        own_memory_bytes: (usage.mapped_bytes + live_table::reserved_bytes()) as u64
+            + symbol_cache_bytes,
         symbol_cache_entries,
+        symbol_cache_bytes,
         symbolization_ns,
         estimated_inuse_bytes: site_table::inuse_bytes(),
         peak_inuse_bytes: crate::peak::peak_inuse_bytes(),

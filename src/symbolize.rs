@@ -49,6 +49,22 @@ pub(crate) type Resolved = Arc<[Frame]>;
 
 static CACHE: Mutex<Option<HashMap<usize, Resolved>>> = Mutex::new(None);
 static RESOLVE_NS: AtomicU64 = AtomicU64::new(0);
+/// Approximate heap bytes held by the cache (entries, frames, strings).
+static CACHE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Heap bytes one cache entry holds, approximately: the map slot, the
+/// frames and their strings.
+fn entry_bytes(frames: &[Frame]) -> u64 {
+    let strings: usize = frames
+        .iter()
+        .map(|f| {
+            f.function.capacity()
+                + f.system_name.as_ref().map_or(0, String::capacity)
+                + f.file.as_ref().map_or(0, String::capacity)
+        })
+        .sum();
+    (48 + std::mem::size_of_val(frames) + strings) as u64
+}
 
 /// Resolves every address in `ips` (return addresses), using and filling
 /// the cache.
@@ -66,7 +82,9 @@ pub(crate) fn resolve_all(ips: impl IntoIterator<Item = usize>) -> HashMap<usize
             .entry(ip)
             .or_insert_with(|| {
                 misses += 1;
-                resolve_one(ip)
+                let resolved = resolve_one(ip);
+                CACHE_BYTES.fetch_add(entry_bytes(&resolved), Ordering::Relaxed);
+                resolved
             })
             .clone();
         out.insert(ip, resolved);
@@ -115,10 +133,15 @@ fn resolve_one(ip: usize) -> Resolved {
     frames.into()
 }
 
-/// (entries, total nanoseconds spent resolving) of the symbol cache.
-pub(crate) fn cache_stats() -> (usize, u64) {
+/// (entries, approximate heap bytes, total nanoseconds spent resolving)
+/// of the symbol cache.
+pub(crate) fn cache_stats() -> (usize, u64, u64) {
     let entries = CACHE.lock().as_ref().map_or(0, HashMap::len);
-    (entries, RESOLVE_NS.load(Ordering::Relaxed))
+    (
+        entries,
+        CACHE_BYTES.load(Ordering::Relaxed),
+        RESOLVE_NS.load(Ordering::Relaxed),
+    )
 }
 
 /// One physical frame of a trimmed stack: the address and how many of its
