@@ -54,6 +54,18 @@ pub enum Command {
         #[arg(long, default_value = "inuse_space", value_parser = SAMPLE_TYPES)]
         sample: String,
     },
+    /// Leak suspects: call sites whose in-use bytes grow steadily, from the
+    /// target's growth recorder (`heapprof::history::start`).
+    Leaks {
+        /// PID or HOST:PORT.
+        target: String,
+        /// Print the JSON document as served.
+        #[arg(long)]
+        json: bool,
+        /// Rows.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+    },
     /// Hold the profiler's claims against procfs, the memory cgroup and uprobes.
     Verify {
         /// The process.
@@ -62,9 +74,11 @@ pub enum Command {
         /// Verify a cgroup (and its children) instead of a process.
         #[arg(long)]
         cgroup: Option<String>,
-        /// Uprobe window, seconds.
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
+        /// Window, seconds: of the uprobes and tracepoints (default 5); with
+        /// --cgroup, read the cgroup and its children at both ends of it and
+        /// name the child that grew most.
+        #[arg(long)]
+        duration: Option<f64>,
         /// Count allocations exactly with uprobes for the window (costly).
         #[arg(long)]
         uprobes: bool,
@@ -81,6 +95,13 @@ pub enum Command {
         /// Stacks with outstanding allocations to show.
         #[arg(long, default_value_t = 5)]
         top: usize,
+        /// Where the service publishes its own memory figure (Prometheus
+        /// text or JSON), to hold it against reality.
+        #[arg(long, requires = "claims_key", value_name = "URL")]
+        claims_url: Option<String>,
+        /// The metric name (Prometheus) or top-level key (JSON) of the claim.
+        #[arg(long, requires = "claims_url", value_name = "KEY")]
+        claims_key: Option<String>,
     },
 }
 

@@ -5,9 +5,11 @@
 
 pub mod bpf;
 pub mod cgroup;
+pub mod claims;
 pub mod discovery;
 pub mod fetch;
 pub mod fs;
+pub mod leaks;
 pub mod procfs;
 pub mod profile;
 pub mod reconcile;

@@ -40,6 +40,11 @@ fn run(command: Command) -> Result<ExitCode> {
             count,
             sample,
         } => diff(&old, &new, count, &sample)?,
+        Command::Leaks {
+            target,
+            json,
+            count,
+        } => leaks(&target, json, count)?,
         Command::Verify {
             pid,
             cgroup,
@@ -49,13 +54,16 @@ fn run(command: Command) -> Result<ExitCode> {
             json,
             tolerance,
             top,
+            claims_url,
+            claims_key,
         } => {
             let flags = Flags {
                 uprobes,
                 kernel,
                 json,
             };
-            return verify_cmd(pid, cgroup, duration, flags, tolerance, top);
+            let claims = claims_url.zip(claims_key);
+            return verify_cmd(pid, cgroup, duration, flags, tolerance, top, claims);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -114,6 +122,16 @@ fn pprof_heap(target: &str, output: Option<std::path::PathBuf>) -> Result<()> {
             "profile saved to {} (install Go for `go tool pprof`, or use `heapprof top`)",
             path.display()
         ),
+    }
+    Ok(())
+}
+
+fn leaks(target: &str, json: bool, n: usize) -> Result<()> {
+    let (addr, leaks) = heapprof_cli::leaks::fetch(target)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&leaks)?);
+    } else {
+        print!("{}", heapprof_cli::leaks::render(&addr, &leaks, n));
     }
     Ok(())
 }
@@ -197,10 +215,11 @@ struct Flags {
 fn verify_cmd(
     pid: Option<u32>,
     cgroup: Option<String>,
-    duration: f64,
+    duration: Option<f64>,
     flags: Flags,
     tolerance: f64,
     top: usize,
+    claims: Option<(String, String)>,
 ) -> Result<ExitCode> {
     let Flags {
         uprobes,
@@ -214,11 +233,13 @@ fn verify_cmd(
     };
     let opts = verify::Options {
         target,
-        duration: Duration::try_from_secs_f64(duration).context("--duration")?,
+        duration: Duration::try_from_secs_f64(duration.unwrap_or(5.0)).context("--duration")?,
+        cgroup_window: duration.is_some(),
         uprobes,
         kernel,
         tolerance,
         top,
+        claims,
     };
     let report = verify::run(&opts, |line| eprintln!("{line}"))?;
     if json {

@@ -54,6 +54,43 @@ impl Check {
     }
 }
 
+impl Check {
+    /// A service's claim checked against a measured reality: it holds when
+    /// `actual` does not exceed `claimed` by more than `slack` (a claim may
+    /// overstate; it may not hide). `expected` is the reality.
+    pub fn claim(name: &str, what: &str, claimed: f64, actual: f64, slack: f64) -> Self {
+        let over = actual - claimed;
+        let ok = over <= slack;
+        let diff_pct = if actual == 0.0 {
+            0.0
+        } else {
+            (claimed - actual).abs() / actual.abs() * 100.0
+        };
+        let verdict = if ok {
+            format!(
+                "claim holds (reality {} vs claim {})",
+                bytes(actual),
+                bytes(claimed)
+            )
+        } else {
+            format!(
+                "claim false: reality exceeds it by {} (allowed {})",
+                bytes(over),
+                bytes(slack)
+            )
+        };
+        Self {
+            name: name.into(),
+            what: what.into(),
+            expected: actual,
+            observed: claimed,
+            diff_pct,
+            ok,
+            verdict,
+        }
+    }
+}
+
 /// Bytes for humans: `12.3 MiB`.
 pub fn bytes(n: impl Into<f64>) -> String {
     let n: f64 = n.into();
@@ -68,6 +105,15 @@ pub fn bytes(n: impl Into<f64>) -> String {
         return format!("{n} B");
     };
     format!("{v:.1} {unit}")
+}
+
+/// A byte change with its sign: `+2.0 MiB`, `-512 B`.
+pub fn signed(n: i64) -> String {
+    if n > 0 {
+        format!("+{}", bytes(n as f64))
+    } else {
+        bytes(n as f64)
+    }
 }
 
 /// A two-column table: `label  value`, indented by `indent`.
@@ -130,6 +176,27 @@ pub fn render(r: &VerifyReport) -> String {
     if let Some(c) = &r.cgroup {
         render_cgroup(&mut out, c, 0);
     }
+    if !r.children_growth.is_empty() {
+        let _ = writeln!(out, "children over the window (working set / usage / rss)");
+        for g in &r.children_growth {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:>10} / {:>10} / {:>10}",
+                g.name,
+                signed(g.working_set_change),
+                signed(g.usage_change),
+                signed(g.rss_change)
+            );
+        }
+        match &r.growing_child {
+            Some(g) => {
+                let _ = writeln!(out, "growing: {} {}", g.name, signed(g.working_set_change));
+            }
+            None => {
+                let _ = writeln!(out, "growing: none of the children grew");
+            }
+        }
+    }
     if let Some(x) = &r.reconciliation {
         let _ = writeln!(out, "RSS explained ({})", bytes(x.rss as f64));
         rows(
@@ -153,6 +220,29 @@ pub fn render(r: &VerifyReport) -> String {
     }
     if let Some(u) = &r.uprobes {
         render_uprobes(&mut out, u, r.profiler_window.as_ref());
+    }
+    if let Some(g) = &r.live_growth {
+        let _ = writeln!(
+            out,
+            "live allocator bytes grew {} in {:.1}s: {}/s, {}/min",
+            bytes(g.bytes as f64),
+            g.window_secs,
+            bytes(g.bytes_per_sec),
+            bytes(g.bytes_per_min)
+        );
+    }
+    if let Some(c) = &r.claims {
+        let start = c
+            .at_start
+            .map_or(String::new(), |s| format!("{} at start, ", bytes(s)));
+        let _ = writeln!(
+            out,
+            "claim {} at {}: {start}{} at end",
+            c.key,
+            c.url,
+            bytes(c.at_end)
+        );
+        let _ = writeln!(out, "  {}", c.verdict);
     }
     for c in &r.checks {
         let _ = writeln!(
@@ -311,6 +401,16 @@ fn render_uprobes(out: &mut String, u: &UprobeReport, w: Option<&ProfilerWindow>
             w.inuse_change,
             bytes(w.alloc_change as f64)
         );
+        if let Some((stack, delta)) = &w.top_growth {
+            let _ = writeln!(
+                out,
+                "  the profiler's top grower over the window (+{}):",
+                bytes(*delta as f64)
+            );
+            for f in stack.iter().take(12) {
+                let _ = writeln!(out, "      {f}");
+            }
+        }
     }
     let per_hit_us = if u.probe_hits > 0 {
         u.target_cpu_secs * 1e6 / u.probe_hits as f64

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::bpf::tracepoints::{self, KernelReport};
 use crate::bpf::uprobes::{self, UprobeReport};
 use crate::cgroup::{self, CgroupMemory};
+use crate::claims::{self, ClaimReport};
 use crate::discovery;
 use crate::fetch;
 use crate::fs::Fs;
@@ -34,6 +35,9 @@ pub enum VerifyError {
     /// The tracepoints could not be attached.
     #[error(transparent)]
     Tracepoints(#[from] tracepoints::TracepointError),
+    /// The service's own claim could not be read.
+    #[error(transparent)]
+    Claim(#[from] claims::ClaimError),
 }
 
 /// What to verify.
@@ -52,6 +56,8 @@ pub struct Options {
     pub target: Target,
     /// Window for `--uprobes`.
     pub duration: Duration,
+    /// With a cgroup target: read it at both ends of `duration`.
+    pub cgroup_window: bool,
     /// Attach uprobes.
     pub uprobes: bool,
     /// Attach tracepoints.
@@ -60,6 +66,8 @@ pub struct Options {
     pub tolerance: f64,
     /// Stacks to show.
     pub top: usize,
+    /// The service's own memory claim: `(URL, KEY)`.
+    pub claims: Option<(String, String)>,
 }
 
 /// The profiler's claims, as served by its endpoint.
@@ -86,6 +94,82 @@ pub struct ProfilerWindow {
     pub inuse_change: i64,
     /// Change of `alloc_space`.
     pub alloc_change: i64,
+    /// The site whose `inuse_space` grew most over the window, in the
+    /// target's own profile: its stack (innermost first) and growth. The
+    /// profiler unwinds in-process, so this names the caller even when
+    /// uprobe stacks (frame pointers) stop inside the allocator.
+    pub top_growth: Option<(Vec<String>, i64)>,
+}
+
+/// Growth of the live allocator bytes the uprobes saw (all families).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct LiveGrowth {
+    /// Bytes allocated in the window and still live at its end.
+    pub bytes: u64,
+    /// The window, seconds.
+    pub window_secs: f64,
+    /// `bytes / window_secs`.
+    pub bytes_per_sec: f64,
+    /// The same per minute.
+    pub bytes_per_min: f64,
+}
+
+impl LiveGrowth {
+    fn of(u: &UprobeReport) -> Self {
+        let bytes: u64 = u.families.iter().map(|f| f.live_bytes).sum();
+        let per_sec = if u.window_secs > 0.0 {
+            bytes as f64 / u.window_secs
+        } else {
+            0.0
+        };
+        Self {
+            bytes,
+            window_secs: u.window_secs,
+            bytes_per_sec: per_sec,
+            bytes_per_min: per_sec * 60.0,
+        }
+    }
+}
+
+/// How one child cgroup changed over the window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChildGrowth {
+    /// The child's directory name (the container).
+    pub name: String,
+    /// Its directory.
+    pub dir: String,
+    /// Change of the working set, bytes.
+    pub working_set_change: i64,
+    /// Change of usage, bytes.
+    pub usage_change: i64,
+    /// Change of rss, bytes.
+    pub rss_change: i64,
+}
+
+/// Each child's change from `start` to `end` (children matched by
+/// directory), largest working-set growth first.
+pub fn children_growth(start: &CgroupMemory, end: &CgroupMemory) -> Vec<ChildGrowth> {
+    let d = |a: u64, b: u64| b as i64 - a as i64;
+    let mut rows: Vec<ChildGrowth> = end
+        .children
+        .iter()
+        .filter_map(|e| {
+            let s = start.children.iter().find(|s| s.dir == e.dir)?;
+            Some(ChildGrowth {
+                name: e.dir.rsplit('/').next().unwrap_or(&e.dir).to_string(),
+                dir: e.dir.clone(),
+                working_set_change: d(s.working_set, e.working_set),
+                usage_change: d(s.usage, e.usage),
+                rss_change: d(s.rss, e.rss),
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.working_set_change
+            .cmp(&a.working_set_change)
+            .then(b.usage_change.cmp(&a.usage_change))
+    });
+    rows
 }
 
 /// Everything `verify` found.
@@ -107,6 +191,14 @@ pub struct VerifyReport {
     pub kernel: Option<KernelReport>,
     /// The profiler's change over the uprobe window.
     pub profiler_window: Option<ProfilerWindow>,
+    /// How fast live allocator bytes grew over the uprobe window.
+    pub live_growth: Option<LiveGrowth>,
+    /// The service's own claim and whether it holds.
+    pub claims: Option<ClaimReport>,
+    /// With `--cgroup` and a window: each child's change over it.
+    pub children_growth: Vec<ChildGrowth>,
+    /// The child whose working set grew most (if any grew).
+    pub growing_child: Option<ChildGrowth>,
     /// Comparisons.
     pub checks: Vec<Check>,
     /// Things that could not be read, and caveats.
@@ -127,21 +219,22 @@ fn metric(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-fn profiler_view(addr: &str) -> Result<ProfilerView, String> {
+fn profiler_view(addr: &str) -> Result<(ProfilerView, profile::HeapProfile), String> {
     let body = fetch::get(addr, "/debug/pprof/heap").map_err(|e| e.to_string())?;
     let p = profile::decode(&body).map_err(|e| e.to_string())?;
     let total = |t: &str| p.total(t).map_err(|e| e.to_string());
     let metrics = fetch::get(addr, "/metrics")
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    Ok(ProfilerView {
+    let view = ProfilerView {
         addr: addr.to_string(),
         inuse_bytes: total("inuse_space")?,
         inuse_objects: total("inuse_objects")?,
         alloc_bytes: total("alloc_space")?,
         jemalloc_allocated: metric(&metrics, "heapprof_jemalloc_allocated_bytes"),
         jemalloc_resident: metric(&metrics, "heapprof_jemalloc_resident_bytes"),
-    })
+    };
+    Ok((view, p))
 }
 
 /// Finds the memory cgroup directory named by a user: a directory, or a
@@ -168,7 +261,21 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
     let mut r = VerifyReport::default();
     let pid = match &opts.target {
         Target::Cgroup(path) => {
-            r.cgroup = Some(cgroup::read(&fs, &cgroup_dir(&fs, path)?, 1)?);
+            let dir = cgroup_dir(&fs, path)?;
+            let start = cgroup::read(&fs, &dir, 1)?;
+            if !opts.cgroup_window {
+                r.cgroup = Some(start);
+                return Ok(r);
+            }
+            std::thread::sleep(opts.duration);
+            let end = cgroup::read(&fs, &dir, 1)?;
+            r.children_growth = children_growth(&start, &end);
+            r.growing_child = r
+                .children_growth
+                .first()
+                .filter(|g| g.working_set_change > 0 || g.usage_change > 0)
+                .cloned();
+            r.cgroup = Some(end);
             return Ok(r);
         }
         Target::Pid(pid) => *pid,
@@ -183,7 +290,16 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
         }
     };
 
+    let claim_now = || {
+        opts.claims
+            .as_ref()
+            .map(|(url, key)| claims::read(url, key))
+            .transpose()
+    };
+    let mut claim_start = None;
+    let claim_end;
     if opts.uprobes || opts.kernel {
+        claim_start = claim_now()?;
         // The profiles are fetched outside the window, so that what the
         // target allocates to answer them (symbolization) is not counted
         // by the probes while the profiler, by design, does not count it.
@@ -217,15 +333,29 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
         // Read /proc while the target is known to be alive.
         r.process = procfs::read_process(&fs, pid).ok();
         r.uprobes = session.map(|s| s.finish(opts.top)).transpose()?;
-        if let (Some(Ok(b)), Some(Ok(a))) = (&before, &after) {
+        r.live_growth = r.uprobes.as_ref().map(LiveGrowth::of);
+        claim_end = claim_now()?;
+        if let (Some(Ok((b, bp))), Some(Ok((a, ap)))) = (&before, &after) {
+            let top_growth = profile::diff(bp, ap, "inuse_space")
+                .ok()
+                .and_then(|rows| rows.into_iter().next())
+                .filter(|row| row.delta > 0)
+                .map(|row| (row.stack, row.delta));
             r.profiler_window = Some(ProfilerWindow {
                 inuse_change: a.inuse_bytes - b.inuse_bytes,
                 alloc_change: a.alloc_bytes - b.alloc_bytes,
+                top_growth,
             });
         }
-        r.profiler = after.and_then(|a| a.map_err(|e| r.notes.push(e)).ok());
-    } else if let Some(addr) = &addr {
-        r.profiler = profiler_view(addr).map_err(|e| r.notes.push(e)).ok();
+        r.profiler = after.and_then(|a| a.map(|(v, _)| v).map_err(|e| r.notes.push(e)).ok());
+    } else {
+        if let Some(addr) = &addr {
+            r.profiler = profiler_view(addr)
+                .map(|(v, _)| v)
+                .map_err(|e| r.notes.push(e))
+                .ok();
+        }
+        claim_end = claim_now()?;
     }
 
     let process = match r.process.take() {
@@ -243,6 +373,17 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
     };
     r.reconciliation = Some(reconcile(&process, &heap));
     add_checks(&mut r, &process, opts.tolerance);
+    if let (Some((url, key)), Some(end)) = (&opts.claims, claim_end) {
+        let mut c = ClaimReport {
+            url: url.clone(),
+            key: key.clone(),
+            at_start: claim_start,
+            at_end: end,
+            ..ClaimReport::default()
+        };
+        check_claim(&mut r, &mut c, &process, opts.tolerance);
+        r.claims = Some(c);
+    }
     r.process = Some(process);
     Ok(r)
 }
@@ -320,6 +461,83 @@ fn add_checks(r: &mut VerifyReport, p: &ProcessMemory, tol: f64) {
     }
 }
 
+/// Holds the service's claim against RSS, the live heap, and the live
+/// bytes the uprobes saw growing; fills `c.consistent` and `c.verdict`.
+fn check_claim(r: &mut VerifyReport, c: &mut ClaimReport, p: &ProcessMemory, tol: f64) {
+    let claim = c.at_end;
+    let slack = claim.abs() * tol / 100.0;
+    let mut checks = vec![Check::claim(
+        "claim_vs_rss",
+        &format!("{} claims at least RSS (/proc/PID/status VmRSS)", c.key),
+        claim,
+        p.status.vm_rss as f64,
+        slack,
+    )];
+    let heap = r.profiler.as_ref().and_then(|v| {
+        v.jemalloc_allocated
+            .map(|j| (j as f64, "jemalloc stats.allocated"))
+            .or(Some((v.inuse_bytes as f64, "profiler inuse_space")))
+    });
+    if let Some((heap, source)) = heap {
+        checks.push(Check::claim(
+            "claim_vs_heap",
+            &format!("{} claims at least the live heap ({source})", c.key),
+            claim,
+            heap,
+            slack,
+        ));
+    }
+    if let (Some(g), Some(start)) = (&r.live_growth, c.at_start) {
+        // A claim that stays flat while the allocator's live bytes grow is
+        // false however large it is.
+        let claimed_growth = claim - start;
+        checks.push(Check::claim(
+            "claim_vs_live_growth",
+            &format!(
+                "{} change over the window covers the live bytes uprobes saw growing",
+                c.key
+            ),
+            claimed_growth,
+            g.bytes as f64,
+            slack.max(MIN_WINDOW_BYTES as f64),
+        ));
+    }
+    c.consistent = checks.iter().all(|k| k.ok);
+    let g = r.live_growth.as_ref();
+    let reasons: Vec<String> = checks
+        .iter()
+        .filter(|k| !k.ok)
+        .map(|k| match k.name.as_str() {
+            "claim_vs_live_growth" => format!(
+                "live allocator bytes grew {} in {:.1}s ({}/min) while the claim went from {} to {}",
+                bytes(k.expected),
+                g.map_or(0.0, |g| g.window_secs),
+                bytes(g.map_or(0.0, |g| g.bytes_per_min)),
+                bytes(c.at_start.unwrap_or(claim)),
+                bytes(claim)
+            ),
+            "claim_vs_rss" => format!("RSS is {}", bytes(k.expected)),
+            _ => format!("the live heap is {}", bytes(k.expected)),
+        })
+        .collect();
+    c.consistent = reasons.is_empty();
+    c.verdict = if reasons.is_empty() {
+        format!(
+            "claim {} = {} is consistent with what the kernel and the allocator show",
+            c.key,
+            bytes(claim)
+        )
+    } else {
+        format!(
+            "claim {} = {} is FALSE: {}",
+            c.key,
+            bytes(claim),
+            reasons.join("; ")
+        )
+    };
+    r.checks.extend(checks);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +551,44 @@ mod tests {
         );
         assert_eq!(metric(text, "heapprof_jemalloc_resident_bytes"), Some(5000));
         assert_eq!(metric(text, "nope"), None);
+    }
+
+    #[test]
+    fn growing_child_is_the_largest_working_set_growth() {
+        let cg = |dir: &str, ws: u64, children: Vec<CgroupMemory>| CgroupMemory {
+            dir: dir.into(),
+            version: cgroup::Version::V1,
+            usage: ws + 100,
+            working_set: ws,
+            rss: ws,
+            cache: 0,
+            inactive_file: 100,
+            limit: None,
+            failcnt: 0,
+            oom: 0,
+            oom_kill: 0,
+            children,
+        };
+        let start = cg(
+            "/p",
+            30,
+            vec![cg("/p/a", 10, vec![]), cg("/p/b", 20, vec![])],
+        );
+        let end = cg(
+            "/p",
+            90,
+            vec![
+                cg("/p/a", 10, vec![]),
+                cg("/p/b", 80, vec![]),
+                cg("/p/new", 5, vec![]),
+            ],
+        );
+        let rows = children_growth(&start, &end);
+        assert_eq!(rows.len(), 2, "a child born in the window has no start");
+        assert_eq!(rows[0].name, "b");
+        assert_eq!(rows[0].working_set_change, 60);
+        assert_eq!(rows[1].name, "a");
+        assert_eq!(rows[1].usage_change, 0);
     }
 
     #[test]
