@@ -14,20 +14,9 @@ struct ChildCgroup(String);
 
 impl ChildCgroup {
     fn create(limit: u64) -> Self {
-        let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-        let path = own
-            .lines()
-            .find_map(|l| {
-                let mut p = l.splitn(3, ':');
-                let (_, ctl, path) = (p.next()?, p.next()?, p.next()?);
-                ctl.split(',')
-                    .any(|c| c == "memory")
-                    .then(|| path.to_string())
-            })
-            .expect("this test needs a cgroup v1 memory controller (none in /proc/self/cgroup)");
         let dir = format!(
-            "/sys/fs/cgroup/memory{}/heapprof-test-{}",
-            path.trim_end_matches('/'),
+            "{}/heapprof-test-{}",
+            common::own_memory_cgroup(),
             std::process::id()
         );
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {dir}: {e} (needs root)"));

@@ -47,21 +47,6 @@ impl Drop for Cgroups {
     }
 }
 
-fn own_memory_cgroup() -> String {
-    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
-    let path = own
-        .lines()
-        .find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_, ctl, path) = (p.next()?, p.next()?, p.next()?);
-            ctl.split(',')
-                .any(|c| c == "memory")
-                .then(|| path.to_string())
-        })
-        .expect("this test needs a cgroup v1 memory controller (none in /proc/self/cgroup)");
-    format!("/sys/fs/cgroup/memory{}", path.trim_end_matches('/'))
-}
-
 /// Runs `argv` inside cgroup `dir` (the shell joins it, then execs).
 fn spawn_in(dir: &str, argv: &str) -> Target {
     Target::spawn(
@@ -75,7 +60,7 @@ fn spawn_in(dir: &str, argv: &str) -> Target {
 fn verify_cgroup_names_the_growing_child() {
     let parent = format!(
         "{}/heapprof-pod-{}",
-        own_memory_cgroup(),
+        common::own_memory_cgroup(),
         std::process::id()
     );
     let mut cgroups = Cgroups(Vec::new());

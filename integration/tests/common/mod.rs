@@ -192,3 +192,19 @@ pub fn family<'a>(report: &'a serde_json::Value, family: &str) -> &'a serde_json
         .find(|f| f["family"] == family)
         .unwrap_or_else(|| panic!("no {family} family in {report:#}"))
 }
+
+/// The v1 memory cgroup directory of this test process.
+pub fn own_memory_cgroup() -> String {
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    let path = own
+        .lines()
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctl, path) = (p.next()?, p.next()?, p.next()?);
+            ctl.split(',')
+                .any(|c| c == "memory")
+                .then(|| path.to_string())
+        })
+        .expect("this test needs a cgroup v1 memory controller (none in /proc/self/cgroup)");
+    format!("/sys/fs/cgroup/memory{}", path.trim_end_matches('/'))
+}
