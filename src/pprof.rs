@@ -6,7 +6,8 @@
 //! - period type `space`/bytes, period = the sample rate;
 //! - values already unbiased (see `sampler`), so viewers must not rescale;
 //! - a numeric label `bytes` with the site's average sampled object size,
-//!   as Go adds one per sample, and string labels from `with_labels`;
+//!   as Go adds one per sample, string labels from `with_labels`, and on
+//!   request (`PprofOptions::ages`) the oldest and median live-sample age;
 //! - Mappings from `/proc/self/maps` with build IDs, main binary first;
 //! - Locations symbolized in process: one Line per inlining level, innermost
 //!   first, with the `has_*` flags of each mapping true only when every
@@ -81,6 +82,19 @@ pub(crate) fn build(snap: &Snapshot, options: &PprofOptions) -> protos::Profile 
                 ..Default::default()
             })
             .collect();
+        if options.ages
+            && let (Some(oldest), Some(median)) = (site.oldest_age, site.median_age)
+        {
+            let ms = b.strings.intern("ms");
+            for (key, age) in [("oldest_age", oldest), ("median_age", median)] {
+                label.push(protos::Label {
+                    key: b.strings.intern(key),
+                    num: age.as_millis() as i64,
+                    num_unit: ms,
+                    ..Default::default()
+                });
+            }
+        }
         if site.sampled.alloc_objects > 0 {
             label.push(protos::Label {
                 key: bytes_key,

@@ -479,6 +479,7 @@ impl Site {
 #[derive(Clone, Debug, Default)]
 pub struct PprofOptions {
     pub(crate) default_sample_type: Option<SampleType>,
+    pub(crate) ages: bool,
 }
 
 impl PprofOptions {
@@ -491,6 +492,15 @@ impl PprofOptions {
     /// `alloc_space`; unset, viewers pick the last one, `inuse_space`).
     pub fn default_sample_type(mut self, sample_type: SampleType) -> Self {
         self.default_sample_type = Some(sample_type);
+        self
+    }
+
+    /// Adds numeric labels `oldest_age` and `median_age` (unit `ms`)
+    /// to samples with live allocations. Off by default: labels that
+    /// change with every snapshot keep `go tool pprof -base` from matching
+    /// samples of two profiles.
+    pub fn ages(mut self, ages: bool) -> Self {
+        self.ages = ages;
         self
     }
 }

@@ -11,7 +11,9 @@
 //! `heap/<2 * rate>` tells pprof's legacy parser how to scale them. Records
 //! are sorted by in-use bytes, largest first. Frame lines show the call
 //! address, function+offset and file:line, one line per inlined function.
-//! A `# heapprof` trailer gives the unbiased totals and the profiler's stats.
+//! A record with live samples gets a `# age: oldest 12.5s, median 3.1s`
+//! line (pprof's legacy parser skips it as a comment). A `# heapprof`
+//! trailer gives the unbiased totals and the profiler's stats.
 
 use std::fmt::Write;
 
@@ -53,6 +55,14 @@ pub(crate) fn encode(snap: &Snapshot) -> String {
             let _ = write!(out, " {:#x}", k.ip);
         }
         out.push('\n');
+        if let (Some(oldest), Some(median)) = (site.oldest_age, site.median_age) {
+            let _ = writeln!(
+                out,
+                "# age: oldest {:.1}s, median {:.1}s (live samples)",
+                oldest.as_secs_f64(),
+                median.as_secs_f64()
+            );
+        }
         for k in &kept {
             let call = k.ip.saturating_sub(1);
             let frames = resolved

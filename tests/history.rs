@@ -1,6 +1,9 @@
 //! Leak ranking from the growth history, and allocation age, in one process.
 
 use std::hint::black_box;
+use std::io::Read;
+
+use pprof::protos::{Message, Profile};
 use std::time::{Duration, Instant};
 
 #[global_allocator]
@@ -28,6 +31,14 @@ fn old_objects() -> Vec<Vec<u8>> {
 #[inline(never)]
 fn young_objects() -> Vec<Vec<u8>> {
     (0..512).map(|i| vec![i as u8; 4096]).collect()
+}
+
+fn decode(gz: &[u8]) -> Profile {
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut raw)
+        .unwrap();
+    Profile::decode(raw.as_slice()).unwrap()
 }
 
 fn site_inuse(snap: &heapprof::Snapshot, function: &str) -> i64 {
@@ -70,6 +81,24 @@ fn the_steady_grower_is_the_first_suspect_and_churn_is_none() {
         .max()
         .expect("ages are recorded");
     assert!(oldest >= Duration::from_millis(400), "{oldest:?}");
+    // Ages in the text format and, on request, as pprof labels.
+    assert!(all.to_text().contains("# age: oldest "));
+    let with_ages = decode(&all.to_pprof_with(&heapprof::PprofOptions::new().ages(true)));
+    let s = |i: i64| with_ages.string_table[i as usize].as_str();
+    let oldest_ms = with_ages
+        .sample
+        .iter()
+        .flat_map(|x| &x.label)
+        .filter(|l| s(l.key) == "oldest_age" && s(l.num_unit) == "ms")
+        .map(|l| l.num)
+        .max()
+        .expect("oldest_age labels");
+    assert!(oldest_ms >= 400, "{oldest_ms}");
+    let plain = decode(&all.to_pprof());
+    assert!(
+        !plain.string_table.iter().any(|x| x == "oldest_age"),
+        "ages are opt-in"
+    );
 
     // Growth history: a steady leak and heavy churn side by side.
     let history = heapprof::history::start(Duration::from_millis(50));

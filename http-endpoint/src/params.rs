@@ -22,6 +22,9 @@ pub(crate) struct ProfileParams {
     /// `min_age=60s`: in-use values from live allocations at least this
     /// old (heapprof extension).
     pub min_age: Option<Duration>,
+    /// `ages=1`: oldest and median live-sample age as sample labels
+    /// (heapprof extension; `heapprof top` asks for it).
+    pub ages: bool,
 }
 
 impl ProfileParams {
@@ -30,7 +33,7 @@ impl ProfileParams {
     /// a 400 (which one was meant?).
     pub fn parse(query: Option<&str>, max_seconds: u64) -> Result<Self> {
         let mut params = ProfileParams::default();
-        let mut seen = [false; 5];
+        let mut seen = [false; 6];
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let index = match name {
@@ -39,6 +42,7 @@ impl ProfileParams {
                 "gc" => 2,
                 "peak" => 3,
                 "min_age" => 4,
+                "ages" => 5,
                 _ => continue,
             };
             if std::mem::replace(&mut seen[index], true) {
@@ -51,7 +55,8 @@ impl ProfileParams {
                 1 => params.seconds = Some(parse_seconds(value, max_seconds)?),
                 2 => params.gc = parse_flag("gc", value)?,
                 3 => params.peak = parse_flag("peak", value)?,
-                _ => params.min_age = Some(parse_age(value)?),
+                4 => params.min_age = Some(parse_age(value)?),
+                _ => params.ages = parse_flag("ages", value)?,
             }
         }
         let views = [
@@ -143,6 +148,7 @@ mod tests {
     #[test]
     fn accepts_heapprof_extensions() {
         assert!(parse("peak=1").unwrap().peak);
+        assert!(parse("ages=1").unwrap().ages);
         assert_eq!(
             parse("min_age=60s").unwrap().min_age,
             Some(Duration::from_secs(60))
@@ -174,6 +180,7 @@ mod tests {
             ("gc=x", "expected 0 or 1"),
             ("gc=1&gc=0", "more than once"),
             ("peak=yes", "expected 0 or 1"),
+            ("ages=2", "expected 0 or 1"),
             ("min_age=ten", "like 500ms"),
             ("min_age=5d", "like 500ms"),
             ("min_age=99999h", "like 500ms"),

@@ -23,6 +23,8 @@ pub(crate) struct ProfileKey {
     pub peak: bool,
     /// Only live allocations at least this old.
     pub min_age: Option<std::time::Duration>,
+    /// Ages as sample labels.
+    pub ages: bool,
 }
 
 /// Shared by all routes of one router.

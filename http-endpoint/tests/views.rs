@@ -94,6 +94,16 @@ fn peak_min_age_and_leaks_views() {
     let aged = inuse_by_function(&decode(&get(addr, "/debug/pprof/heap?min_age=400ms").body));
     assert!(sum_matching(&aged, "views_old") > 3 << 20, "{aged:?}");
     assert_eq!(sum_matching(&aged, "views_young"), 0, "{aged:?}");
+    // ages=1: oldest/median age labels (ms) on samples with live objects.
+    let p = decode(&get(addr, "/debug/pprof/heap?ages=1").body);
+    let oldest = p
+        .sample
+        .iter()
+        .flat_map(|x| &x.label)
+        .filter(|l| p.string_table[l.key as usize] == "oldest_age")
+        .map(|l| l.num)
+        .max();
+    assert!(oldest.is_some_and(|ms| ms >= 600), "{oldest:?}");
     let bad = get(addr, "/debug/pprof/heap?min_age=soon");
     assert_eq!(bad.status, 400);
     assert!(bad.text().contains("like 500ms"), "{}", bad.text());

@@ -137,8 +137,26 @@ fn leaks(target: &str, json: bool, n: usize) -> Result<()> {
 }
 
 fn load(source: &str) -> Result<profile::HeapProfile> {
-    let body = Source::parse(source).heap_profile("")?;
+    load_with(source, "")
+}
+
+/// Loads a profile; `query` is sent to live targets (ignored for files).
+fn load_with(source: &str, query: &str) -> Result<profile::HeapProfile> {
+    let body = Source::parse(source).heap_profile(query)?;
     profile::decode(&body).with_context(|| format!("reading {source}"))
+}
+
+/// Milliseconds as a short age: 850ms, 12.5s, 3.2m, 1.5h.
+fn age(ms: i64) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1e3)
+    } else if ms < 3_600_000 {
+        format!("{:.1}m", ms as f64 / 6e4)
+    } else {
+        format!("{:.1}h", ms as f64 / 3.6e6)
+    }
 }
 
 fn value(sample: &str, v: i64) -> String {
@@ -150,13 +168,20 @@ fn value(sample: &str, v: i64) -> String {
 }
 
 fn top(source: &str, n: usize, sample: &str) -> Result<()> {
-    let p = load(source)?;
+    // Live targets are asked for ages (oldest and median live sample).
+    let p = load_with(source, "?ages=1")?;
     let (rows, total) = profile::top(&p, sample, n)?;
+    let with_ages = rows.iter().any(|r| r.oldest_age_ms.is_some());
     let mut out = std::io::stdout().lock();
     writeln!(out, "{sample} total {}", value(sample, total))?;
+    let age_header = if with_ages {
+        format!("{:>8} {:>8} ", "OLDEST", "MEDIAN")
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{:>12} {:>6} {:>12} {:>6}  FUNCTION / HEAVIEST STACK",
+        "{:>12} {:>6} {:>12} {:>6} {age_header} FUNCTION / HEAVIEST STACK",
         "FLAT", "FLAT%", "CUM", "CUM%"
     )?;
     let pct = |v: i64| {
@@ -167,9 +192,15 @@ fn top(source: &str, n: usize, sample: &str) -> Result<()> {
         }
     };
     for r in rows {
+        let ages = if with_ages {
+            let show = |a: Option<i64>| a.map_or_else(|| "-".to_owned(), age);
+            format!("{:>8} {:>8} ", show(r.oldest_age_ms), show(r.median_age_ms))
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "{:>12} {:>5.1}% {:>12} {:>5.1}%  {}",
+            "{:>12} {:>5.1}% {:>12} {:>5.1}% {ages} {}",
             value(sample, r.flat),
             pct(r.flat),
             value(sample, r.cum),
@@ -177,7 +208,8 @@ fn top(source: &str, n: usize, sample: &str) -> Result<()> {
             r.function
         )?;
         if r.stack.len() > 1 {
-            writeln!(out, "{:42}{}", "", profile::stack_line(&r.stack, 6))?;
+            let indent = 42 + ages.len();
+            writeln!(out, "{:indent$}{}", "", profile::stack_line(&r.stack, 6))?;
         }
     }
     Ok(())

@@ -28,6 +28,9 @@ pub enum ProfileError {
     },
 }
 
+/// (oldest, median) live-sample age, milliseconds.
+pub type Ages = (i64, i64);
+
 /// A decoded profile, flattened to stacks of names.
 #[derive(Clone, Debug, Default)]
 pub struct HeapProfile {
@@ -35,6 +38,10 @@ pub struct HeapProfile {
     pub sample_types: Vec<String>,
     /// Stacks of function names, innermost first, with their values.
     pub samples: Vec<(Vec<String>, Vec<i64>)>,
+    /// Per sample (same order), the (oldest, median) live-sample age in
+    /// milliseconds, when the profile carries heapprof's age labels
+    /// (`/debug/pprof/heap?ages=1`).
+    pub ages: Vec<Option<Ages>>,
 }
 
 /// Decodes a profile (gunzipping if needed).
@@ -83,9 +90,21 @@ pub fn decode(bytes: &[u8]) -> Result<HeapProfile, ProfileError> {
             (stack, smp.value.clone())
         })
         .collect();
+    let label = |smp: &pprof::protos::Sample, key: &str| {
+        smp.label
+            .iter()
+            .find(|l| s(l.key) == key && s(l.num_unit) == "ms")
+            .map(|l| l.num)
+    };
+    let ages = p
+        .sample
+        .iter()
+        .map(|smp| Some((label(smp, "oldest_age")?, label(smp, "median_age")?)))
+        .collect();
     Ok(HeapProfile {
         sample_types: p.sample_type.iter().map(|t| s(t.ty)).collect(),
         samples,
+        ages,
     })
 }
 
@@ -109,9 +128,26 @@ impl HeapProfile {
 
     /// Values of sample type `i` summed per stack.
     fn by_stack(&self, i: usize) -> HashMap<&[String], i64> {
-        let mut m: HashMap<&[String], i64> = HashMap::new();
-        for (stack, values) in &self.samples {
-            *m.entry(stack.as_slice()).or_default() += values[i];
+        self.by_stack_with_ages(i)
+            .into_iter()
+            .map(|(stack, (value, _))| (stack, value))
+            .collect()
+    }
+
+    /// Values of sample type `i` summed per stack, with the stack's ages
+    /// (the oldest of its samples', and the largest median).
+    fn by_stack_with_ages(&self, i: usize) -> HashMap<&[String], (i64, Option<Ages>)> {
+        let mut m: HashMap<&[String], (i64, Option<Ages>)> = HashMap::new();
+        for (k, (stack, values)) in self.samples.iter().enumerate() {
+            let entry = m.entry(stack.as_slice()).or_default();
+            entry.0 += values[i];
+            if let Some((oldest, median)) = self.ages.get(k).copied().flatten() {
+                entry.1 = Some(
+                    entry
+                        .1
+                        .map_or((oldest, median), |(o, m)| (o.max(oldest), m.max(median))),
+                );
+            }
         }
         m
     }
@@ -128,6 +164,10 @@ pub struct TopRow {
     pub cum: i64,
     /// The heaviest stack with this leaf, innermost first.
     pub stack: Vec<String>,
+    /// Age of the oldest live sample where it is the leaf, milliseconds.
+    pub oldest_age_ms: Option<i64>,
+    /// Median live-sample age of its heaviest stack, milliseconds.
+    pub median_age_ms: Option<i64>,
 }
 
 /// The top `n` functions by flat value of sample type `name`.
@@ -136,7 +176,7 @@ pub fn top(p: &HeapProfile, name: &str, n: usize) -> Result<(Vec<TopRow>, i64), 
     let mut rows: HashMap<&str, TopRow> = HashMap::new();
     let mut heaviest: HashMap<&str, i64> = HashMap::new();
     let mut total = 0;
-    for (stack, value) in p.by_stack(i) {
+    for (stack, (value, age)) in p.by_stack_with_ages(i) {
         total += value;
         let mut seen = std::collections::HashSet::new();
         for (depth, f) in stack.iter().enumerate() {
@@ -148,6 +188,8 @@ pub fn top(p: &HeapProfile, name: &str, n: usize) -> Result<(Vec<TopRow>, i64), 
                 flat: 0,
                 cum: 0,
                 stack: Vec::new(),
+                oldest_age_ms: None,
+                median_age_ms: None,
             });
             row.cum += value;
             if depth == 0 {
@@ -156,6 +198,10 @@ pub fn top(p: &HeapProfile, name: &str, n: usize) -> Result<(Vec<TopRow>, i64), 
                 if value > *best {
                     *best = value;
                     row.stack = stack.to_vec();
+                    row.median_age_ms = age.map(|a| a.1);
+                }
+                if let Some((oldest, _)) = age {
+                    row.oldest_age_ms = Some(row.oldest_age_ms.map_or(oldest, |o| o.max(oldest)));
                 }
             }
         }
@@ -232,6 +278,7 @@ mod tests {
 
     fn profile(samples: &[(&[&str], i64)]) -> HeapProfile {
         HeapProfile {
+            ages: Vec::new(),
             sample_types: vec!["inuse_space".into()],
             samples: samples
                 .iter()

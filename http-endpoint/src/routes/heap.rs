@@ -57,6 +57,7 @@ async fn serve(state: AppState, query: Option<String>, allocs: bool) -> Result<R
         gc: params.gc,
         peak: params.peak,
         min_age: params.min_age,
+        ages: params.ages,
     };
     let builder = state.clone();
     let (outcome, _started) = state.0.flights.run(key, move || build(builder, key)).await;
@@ -80,7 +81,7 @@ async fn build(state: AppState, key: ProfileKey) -> Result<Bytes> {
             (false, Some(age)) => heapprof::snapshot_older_than(age),
             (false, None) => heapprof::snapshot(),
         };
-        encode(&snapshot, key.allocs, key.text)
+        encode(&snapshot, key.allocs, key.text, key.ages)
     })
     .await
 }
@@ -100,16 +101,21 @@ async fn delta(state: &AppState, window: Duration, allocs: bool, gc: bool) -> Re
         if gc {
             release_memory();
         }
-        encode(&heapprof::snapshot().delta_since(&base), allocs, false)
+        encode(
+            &heapprof::snapshot().delta_since(&base),
+            allocs,
+            false,
+            false,
+        )
     })
     .await
 }
 
-fn encode(snapshot: &Snapshot, allocs: bool, text: bool) -> Bytes {
+fn encode(snapshot: &Snapshot, allocs: bool, text: bool, ages: bool) -> Bytes {
     if text {
         return snapshot.to_text().into();
     }
-    let mut options = PprofOptions::new();
+    let mut options = PprofOptions::new().ages(ages);
     if allocs {
         options = options.default_sample_type(SampleType::AllocSpace);
     }
