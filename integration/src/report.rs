@@ -198,7 +198,12 @@ pub fn render(r: &VerifyReport) -> String {
         }
     }
     if let Some(x) = &r.reconciliation {
-        let _ = writeln!(out, "RSS explained ({})", bytes(x.rss as f64));
+        let _ = writeln!(
+            out,
+            "RSS explained ({}, {} threads)",
+            bytes(x.rss as f64),
+            x.threads
+        );
         rows(
             &mut out,
             2,
@@ -214,6 +219,10 @@ pub fn render(r: &VerifyReport) -> String {
                 ("other anonymous (unexplained)", bytes(x.other_anon as f64)),
             ],
         );
+        let _ = writeln!(out, "  {}", x.explanation);
+    }
+    if let Some(g) = &r.rss_growth {
+        let _ = writeln!(out, "over the window: {}", g.explanation);
     }
     if let Some(k) = &r.kernel {
         render_kernel(&mut out, k);

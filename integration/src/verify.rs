@@ -13,7 +13,7 @@ use crate::fetch;
 use crate::fs::Fs;
 use crate::procfs::{self, ProcessMemory};
 use crate::profile;
-use crate::reconcile::{HeapSources, Reconciliation, reconcile};
+use crate::reconcile::{Growth, HeapSources, Reconciliation, growth, reconcile};
 use crate::report::{Check, bytes};
 
 /// Below this many bytes in the window, sampled and exact counts are not
@@ -56,7 +56,8 @@ pub struct Options {
     pub target: Target,
     /// Window for `--uprobes`.
     pub duration: Duration,
-    /// With a cgroup target: read it at both ends of `duration`.
+    /// `--duration` was given: read the cgroup (cgroup target) or the
+    /// process's RSS breakdown (pid target) at both ends of `duration`.
     pub cgroup_window: bool,
     /// Attach uprobes.
     pub uprobes: bool,
@@ -199,6 +200,8 @@ pub struct VerifyReport {
     pub children_growth: Vec<ChildGrowth>,
     /// The child whose working set grew most (if any grew).
     pub growing_child: Option<ChildGrowth>,
+    /// With `verify PID --duration S`: how each part of RSS changed.
+    pub rss_growth: Option<Growth>,
     /// Comparisons.
     pub checks: Vec<Check>,
     /// Things that could not be read, and caveats.
@@ -296,6 +299,22 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
             .map(|(url, key)| claims::read(url, key))
             .transpose()
     };
+    // With an explicit window, the RSS breakdown is read at both ends.
+    let start_reading = if opts.cgroup_window {
+        let view = addr
+            .as_deref()
+            .and_then(|a| profiler_view(a).ok())
+            .map(|(v, _)| v);
+        Some((
+            Instant::now(),
+            reconcile(
+                &procfs::read_process(&fs, pid)?,
+                &heap_sources(view.as_ref()),
+            ),
+        ))
+    } else {
+        None
+    };
     let mut claim_start = None;
     let claim_end;
     if opts.uprobes || opts.kernel {
@@ -349,6 +368,9 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
         }
         r.profiler = after.and_then(|a| a.map(|(v, _)| v).map_err(|e| r.notes.push(e)).ok());
     } else {
+        if start_reading.is_some() {
+            std::thread::sleep(opts.duration);
+        }
         if let Some(addr) = &addr {
             r.profiler = profiler_view(addr)
                 .map(|(v, _)| v)
@@ -366,12 +388,11 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
         Ok(c) => r.cgroup = Some(c),
         Err(e) => r.notes.push(e.to_string()),
     }
-    let heap = HeapSources {
-        profiler_inuse: r.profiler.as_ref().map(|p| p.inuse_bytes.max(0) as u64),
-        jemalloc_allocated: r.profiler.as_ref().and_then(|p| p.jemalloc_allocated),
-        jemalloc_resident: r.profiler.as_ref().and_then(|p| p.jemalloc_resident),
-    };
-    r.reconciliation = Some(reconcile(&process, &heap));
+    let end = reconcile(&process, &heap_sources(r.profiler.as_ref()));
+    if let Some((started, start)) = &start_reading {
+        r.rss_growth = Some(growth(start, &end, started.elapsed().as_secs_f64()));
+    }
+    r.reconciliation = Some(end);
     add_checks(&mut r, &process, opts.tolerance);
     if let (Some((url, key)), Some(end)) = (&opts.claims, claim_end) {
         let mut c = ClaimReport {
@@ -386,6 +407,15 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
     }
     r.process = Some(process);
     Ok(r)
+}
+
+/// The heap figures a profiler view publishes.
+fn heap_sources(view: Option<&ProfilerView>) -> HeapSources {
+    HeapSources {
+        profiler_inuse: view.map(|p| p.inuse_bytes.max(0) as u64),
+        jemalloc_allocated: view.and_then(|p| p.jemalloc_allocated),
+        jemalloc_resident: view.and_then(|p| p.jemalloc_resident),
+    }
 }
 
 fn add_checks(r: &mut VerifyReport, p: &ProcessMemory, tol: f64) {
