@@ -8,7 +8,8 @@
 //! it ([`cache_stats`] reports the size and the time spent). The resolver's
 //! own parsed DWARF (tens of MB for a binary with debug info) is dropped
 //! after each batch of new addresses, so a process pays that memory only
-//! while a profile with new call sites is being built.
+//! while a profile with new call sites is being built (except while an OOM
+//! guard runs: it keeps the resolver warm so dumps near the limit are fast).
 //!
 //! # Trimming
 //!
@@ -23,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -49,6 +50,15 @@ pub(crate) type Resolved = Arc<[Frame]>;
 
 static CACHE: Mutex<Option<HashMap<usize, Resolved>>> = Mutex::new(None);
 static RESOLVE_NS: AtomicU64 = AtomicU64::new(0);
+/// While set (by the OOM guard), the resolver's parsed DWARF is kept, so a
+/// dump near the memory limit never has to parse it again.
+static KEEP_RESOLVER_CACHE: AtomicBool = AtomicBool::new(false);
+
+/// Keeps (or again releases after each batch) the resolver's parsed DWARF.
+pub(crate) fn keep_resolver_cache(keep: bool) {
+    KEEP_RESOLVER_CACHE.store(keep, Ordering::Relaxed);
+}
+
 /// Approximate heap bytes held by the cache (entries, frames, strings).
 static CACHE_BYTES: AtomicU64 = AtomicU64::new(0);
 
@@ -89,7 +99,7 @@ pub(crate) fn resolve_all(ips: impl IntoIterator<Item = usize>) -> HashMap<usize
             .clone();
         out.insert(ip, resolved);
     }
-    if misses > 0 {
+    if misses > 0 && !KEEP_RESOLVER_CACHE.load(Ordering::Relaxed) {
         // The parsed DWARF behind the resolver is tens of MB; our own
         // per-address cache is what later profiles need. Give it back.
         backtrace::clear_symbol_cache();

@@ -117,3 +117,19 @@ pub fn assert_close(what: &str, got: i64, want: u64, tolerance: f64) {
         err * 100.0
     );
 }
+
+/// Runs `cmd` (which must end up printing `listening on http://ADDR`, for
+/// example a shell that moves itself into a cgroup and then `exec`s an
+/// example) as a [`serve::Service`], killed on drop. `what` names it in
+/// panics.
+pub fn spawn_service(cmd: Command, what: &str) -> serve::Service {
+    serve::Service::spawn(cmd, what)
+}
+
+/// Name of the leaf function with the most in-use bytes, and those bytes.
+pub fn top_inuse_leaf(p: &Profile) -> (String, i64) {
+    by_leaf(p, "inuse_space")
+        .into_iter()
+        .max_by_key(|(_, v)| *v)
+        .unwrap_or_default()
+}

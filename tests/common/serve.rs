@@ -17,12 +17,18 @@ impl Service {
     /// Starts example `name` with `args` (which must make it print
     /// `listening on http://ADDR`) and `env`.
     pub fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
-        let mut child = Command::new(super::example(name))
-            .args(args)
-            .envs(env.iter().copied())
+        let mut cmd = Command::new(super::example(name));
+        cmd.args(args).envs(env.iter().copied());
+        Service::spawn(cmd, &format!("example {name}"))
+    }
+
+    /// Runs `cmd`, which must print `listening on http://ADDR`; `what`
+    /// names it in panics.
+    pub fn spawn(mut cmd: Command, what: &str) -> Service {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
@@ -34,7 +40,8 @@ impl Service {
                 }
                 _ => {
                     let _ = child.kill();
-                    panic!("example {name} exited before it listened");
+                    let status = child.wait();
+                    panic!("{what} exited before it listened: {status:?}");
                 }
             }
         };
