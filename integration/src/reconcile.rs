@@ -88,12 +88,13 @@ pub fn reconcile(p: &ProcessMemory, h: &HeapSources) -> Reconciliation {
 }
 
 /// The parts of RSS, named for people: (name, bytes).
-fn parts(r: &Reconciliation) -> [(&'static str, i64); 5] {
+fn parts(r: &Reconciliation) -> [(&'static str, i64); 6] {
     [
-        ("heap", (r.live_heap + r.allocator_retained) as i64),
+        ("heap", r.live_heap as i64),
         ("thread stacks", r.thread_stacks as i64),
         ("other anonymous memory", r.other_anon),
         ("file pages", r.file as i64),
+        ("allocator retained", r.allocator_retained as i64),
         ("shared memory", r.shmem as i64),
     ]
 }
@@ -132,8 +133,10 @@ pub struct Growth {
     pub seconds: f64,
     /// RSS change, bytes.
     pub rss: i64,
-    /// Heap change (live heap + allocator retained), bytes.
+    /// Live heap change, bytes.
     pub heap: i64,
+    /// Allocator-retained change (resident, not live), bytes.
+    pub allocator_retained: i64,
     /// Thread-stack RSS change, bytes.
     pub thread_stacks: i64,
     /// Thread count before and after.
@@ -154,7 +157,7 @@ pub struct Growth {
 pub fn growth(before: &Reconciliation, after: &Reconciliation, seconds: f64) -> Growth {
     let (b, a) = (parts(before), parts(after));
     let change = |i: usize| a[i].1 - b[i].1;
-    let mostly = (0..4)
+    let mostly = (0..5)
         .map(|i| (a[i].0, change(i)))
         .filter(|(_, c)| *c > 0)
         .max_by_key(|(_, c)| *c)
@@ -163,7 +166,7 @@ pub fn growth(before: &Reconciliation, after: &Reconciliation, seconds: f64) -> 
     let heap_flat = change(0).abs() <= (heap_before / 10).max(1 << 20);
     let rss = after.rss as i64 - before.rss as i64;
     let explanation = format!(
-        "RSS {}{} in {seconds:.0}s{}: heap {}{}, thread stacks {} ({} -> {} threads), other anonymous {}, file pages {}",
+        "RSS {}{} in {seconds:.0}s{}: heap {}{}, thread stacks {} ({} -> {} threads), other anonymous {}, file pages {}, allocator retained {}",
         if rss >= 0 { "+" } else { "" },
         mib(rss),
         mostly
@@ -176,11 +179,13 @@ pub fn growth(before: &Reconciliation, after: &Reconciliation, seconds: f64) -> 
         after.threads,
         signed(change(2)),
         signed(change(3)),
+        signed(change(4)),
     );
     Growth {
         seconds,
         rss,
         heap: change(0),
+        allocator_retained: change(4),
         thread_stacks: change(1),
         threads: (before.threads, after.threads),
         other_anon: change(2),

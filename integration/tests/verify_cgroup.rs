@@ -7,53 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Target, example};
-
-/// A child memory cgroup of the test's own, removed on drop.
-struct ChildCgroup(String);
-
-impl ChildCgroup {
-    fn create(limit: u64) -> Self {
-        let dir = format!(
-            "{}/heapprof-test-{}",
-            common::own_memory_cgroup(),
-            std::process::id()
-        );
-        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {dir}: {e} (needs root)"));
-        let cg = Self(dir);
-        cg.write("memory.limit_in_bytes", &limit.to_string());
-        cg
-    }
-
-    fn write(&self, file: &str, value: &str) {
-        std::fs::write(format!("{}/{file}", self.0), value)
-            .unwrap_or_else(|e| panic!("writing {value} to {}/{file}: {e}", self.0));
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(format!("{}/{file}", self.0)).expect("cgroup file")
-    }
-
-    /// usage, working set, rss as cAdvisor computes them, read now.
-    fn truth(&self) -> (u64, u64, u64) {
-        let usage: u64 = self.read("memory.usage_in_bytes").trim().parse().unwrap();
-        let stat = heapprof_cli::cgroup::parse_stat(&self.read("memory.stat"));
-        let inactive = stat["total_inactive_file"];
-        (usage, usage.saturating_sub(inactive), stat["total_rss"])
-    }
-}
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        eprintln!("could not remove {}", self.0);
-    }
-}
+use common::{ChildCgroup, Target, example};
 
 fn within_page(a: &serde_json::Value, b: u64) -> bool {
     a.as_u64().is_some_and(|a| a.abs_diff(b) <= 4096)

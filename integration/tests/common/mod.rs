@@ -208,3 +208,51 @@ pub fn own_memory_cgroup() -> String {
         .expect("this test needs a cgroup v1 memory controller (none in /proc/self/cgroup)");
     format!("/sys/fs/cgroup/memory{}", path.trim_end_matches('/'))
 }
+
+/// A child memory cgroup of the test's own, removed on drop.
+pub struct ChildCgroup(pub String);
+
+impl ChildCgroup {
+    /// Creates `heapprof-test-<pid>` with `limit` bytes.
+    pub fn create(limit: u64) -> Self {
+        Self::create_named(&format!("heapprof-test-{}", std::process::id()), limit)
+    }
+
+    /// Creates child cgroup `name` of the test's own with `limit` bytes.
+    pub fn create_named(name: &str, limit: u64) -> Self {
+        let dir = format!("{}/{name}", own_memory_cgroup());
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {dir}: {e} (needs root)"));
+        let cg = Self(dir);
+        cg.write("memory.limit_in_bytes", &limit.to_string());
+        cg
+    }
+
+    pub fn write(&self, file: &str, value: &str) {
+        std::fs::write(format!("{}/{file}", self.0), value)
+            .unwrap_or_else(|e| panic!("writing {value} to {}/{file}: {e}", self.0));
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(format!("{}/{file}", self.0)).expect("cgroup file")
+    }
+
+    /// usage, working set, rss as cAdvisor computes them, read now.
+    pub fn truth(&self) -> (u64, u64, u64) {
+        let usage: u64 = self.read("memory.usage_in_bytes").trim().parse().unwrap();
+        let stat = heapprof_cli::cgroup::parse_stat(&self.read("memory.stat"));
+        let inactive = stat["total_inactive_file"];
+        (usage, usage.saturating_sub(inactive), stat["total_rss"])
+    }
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("could not remove {}", self.0);
+    }
+}
