@@ -1,0 +1,19 @@
+//! heapprof over jemalloc; the rate comes from `HEAPPROF_SAMPLE_RATE`
+//! (default 512 KiB, 65536 for `heapprof-jemalloc-64k`, 0 for `-off`).
+#[path = "workload.rs"]
+mod workload;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
+    heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
+
+fn main() {
+    workload::main();
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        let s = heapprof::stats();
+        eprintln!(
+            "heapprof rate={} sites={} live_samples={} dropped={}",
+            s.sample_rate, s.sites, s.live_samples, s.dropped_samples
+        );
+    }
+}

@@ -1,0 +1,152 @@
+//! Shared by the benches that drive `benches/programs` (a standalone crate
+//! with one binary per allocator configuration; see its Cargo.toml).
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the programs crate lives and where its two builds go.
+pub struct Programs {
+    pub plain: PathBuf,
+    /// `Err` with the reason when the `prof` build failed.
+    pub prof: Result<PathBuf, String>,
+    /// The `prof` build with `-C force-frame-pointers=yes`, for pprof-alloc,
+    /// whose default stack walker follows frame pointers.
+    pub prof_fp: Result<PathBuf, String>,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // The outer `cargo bench` exports its own settings; the programs crate
+    // is a separate workspace with its own profile.
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_MANIFEST_DIR",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn build(target_dir: &Path, args: &[&str], rustflags: Option<&str>) -> Result<(), String> {
+    let manifest = root().join("benches/programs/Cargo.toml");
+    eprintln!(
+        "building {} into {} {}",
+        manifest.display(),
+        target_dir.display(),
+        args.join(" ")
+    );
+    let mut cmd = cargo();
+    if let Some(flags) = rustflags {
+        cmd.env("RUSTFLAGS", flags);
+    }
+    let out = cmd
+        .args(["build", "--release", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first_error = stderr
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or("cargo build failed")
+        .to_string();
+    eprintln!("{stderr}");
+    Err(first_error)
+}
+
+/// Builds the programs: the plain build (must succeed) and the `prof` build
+/// (jemalloc with profiling compiled in; may fail, reported per config).
+pub fn build_programs(with_prof: bool) -> Programs {
+    let base = root().join("target/bench-programs");
+    let plain_dir = base.join("plain");
+    if let Err(e) = build(&plain_dir, &["--bins"], None) {
+        panic!("building benches/programs failed: {e}");
+    }
+    let (prof, prof_fp) = if with_prof {
+        let prof_dir = base.join("prof");
+        let prof = build(
+            &prof_dir,
+            &[
+                "--features",
+                "prof",
+                "--bin",
+                "jemalloc-prof",
+                "--bin",
+                "jemalloc-profbuild",
+                "--bin",
+                "pprof-alloc",
+                "--bin",
+                "accuracy-jemalloc",
+                "--bin",
+                "profile-cost-jemalloc",
+            ],
+            None,
+        )
+        .map(|()| prof_dir.join("release"));
+        let fp_dir = base.join("prof-fp");
+        let prof_fp = build(
+            &fp_dir,
+            &["--features", "prof", "--bin", "pprof-alloc"],
+            Some("-C force-frame-pointers=yes"),
+        )
+        .map(|()| fp_dir.join("release"));
+        (prof, prof_fp)
+    } else {
+        (Err("not built".into()), Err("not built".into()))
+    };
+    Programs {
+        plain: plain_dir.join("release"),
+        prof,
+        prof_fp,
+    }
+}
+
+/// A command for one program with a clean profiler environment: every
+/// variable any of the profilers reads is removed, then `env` is applied.
+pub fn program(path: &Path, env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(path);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("HEAPPROF_")
+            || k.starts_with("PPROF_ALLOC_")
+            || k.ends_with("MALLOC_CONF")
+            || k == "ALLOCATOR"
+        {
+            c.env_remove(k);
+        }
+    }
+    c.envs(env.iter().copied());
+    c
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+/// Nearest-rank percentile, `q` in [0, 1].
+pub fn percentile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
+}
+
+pub fn quick() -> bool {
+    std::env::var_os("HEAPPROF_BENCH_QUICK").is_some_and(|v| v != "0")
+}
