@@ -12,6 +12,9 @@
 //! - `--scale F`: multiply every amount by F (tests use 1/16 at rate 1).
 //! - `--serve ADDR`: then serve heapprof-http on ADDR (port 0: any), print
 //!   `listening on http://ADDR` and block until killed.
+//! - `--commands`: while serving, read `churn BYTES` lines on stdin and
+//!   answer `done BYTES` after allocating and freeing that much (tests use
+//!   it to allocate inside a `heapprof verify --uprobes` window).
 //! - `--sites N`: also keep one 1 KiB object from each of N distinct call
 //!   stacks (`spread_sites`), to exercise the site-table bound.
 //!
@@ -93,6 +96,7 @@ struct Args {
     scale: f64,
     sites: usize,
     serve: Option<String>,
+    commands: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -102,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
         scale: 1.0,
         sites: 0,
         serve: None,
+        commands: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -124,6 +129,7 @@ fn parse_args() -> Result<Args, String> {
                     .ok_or_else(|| format!("--sites {v}: expected 0 to 50"))?;
             }
             "--serve" => args.serve = Some(it.next().ok_or("--serve needs an address")?),
+            "--commands" => args.commands = true,
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a => args.out = a.into(),
         }
@@ -186,17 +192,31 @@ fn main() {
         std::process::exit(1);
     }
     if let Some(addr) = &args.serve {
-        serve(addr);
+        serve(addr, args.commands);
     }
     black_box((&buffers, &small, &spread));
 }
 
 /// Serves heapprof-http on `addr` and blocks until killed (the heap stays).
-fn serve(addr: &str) {
+fn serve(addr: &str, commands: bool) {
     match heapprof_http::spawn(addr) {
         Ok(bound) => {
             println!("listening on http://{bound}");
             let _ = std::io::stdout().flush();
+            if commands {
+                // `churn BYTES` on stdin: allocate and free that much, then
+                // say `done BYTES` (tests trigger this inside a verify
+                // window).
+                for line in std::io::stdin().lines().map_while(Result::ok) {
+                    if let Some(n) = line
+                        .strip_prefix("churn ")
+                        .and_then(|n| n.trim().parse().ok())
+                    {
+                        println!("done {}", churn(n));
+                        let _ = std::io::stdout().flush();
+                    }
+                }
+            }
             loop {
                 std::thread::park();
             }

@@ -26,10 +26,16 @@ fn quickstart_file(out: &Path, scale: &str) {
 
 /// A quickstart serving its heap; returns it, its address and `truth` bytes.
 fn quickstart_server(dir: &TempDir) -> (Target, String, u64) {
+    quickstart_server_with(dir, &[])
+}
+
+/// [`quickstart_server`] with extra quickstart flags.
+fn quickstart_server_with(dir: &TempDir, extra: &[&str]) -> (Target, String, u64) {
     let mut q = Target::spawn(
         Command::new(example("quickstart"))
             .arg(dir.0.join("start.pb.gz"))
             .args(["--scale", SCALE, "--serve", "127.0.0.1:0"])
+            .args(extra)
             .env("HEAPPROF_DIR", &dir.0)
             .env("HEAPPROF_SAMPLE_RATE", "4096"),
     );
@@ -156,7 +162,9 @@ fn ps_pprof_heap_and_top_against_a_live_quickstart() {
 #[test]
 fn verify_a_live_quickstart() {
     let dir = TempDir::new("qs-verify");
-    let (q, addr, kept) = quickstart_server(&dir);
+    // It churns on command, inside the uprobe window, so the window has
+    // allocations to hold the profiler's estimate against.
+    let (mut q, addr, kept) = quickstart_server_with(&dir, &["--commands"]);
     let pid = q.pid().to_string();
     let (_, report, stderr) = verify_json(&[&pid], &[("HEAPPROF_DIR", &dir.0)], || {});
     let prof = &report["profiler"];
@@ -189,19 +197,28 @@ fn verify_a_live_quickstart() {
         return;
     }
     let (code, report, stderr) = verify_json(
-        &[&pid, "--uprobes", "--duration", "1"],
+        &[&pid, "--uprobes", "--duration", "3"],
         &[("HEAPPROF_DIR", &dir.0)],
-        || {},
+        || {
+            q.send("churn 67108864\n");
+            q.line_starting("done ");
+        },
     );
     let je = family(&report, "jemalloc");
     assert!(
         je["symbols"].to_string().contains("_rjem_sdallocx"),
         "{je:#}\n{stderr}"
     );
-    // Idle quickstart: nothing to compare over the window, and it says so.
-    assert!(
-        report["notes"].to_string().contains("too little"),
-        "{report:#}"
-    );
+    // The profiler's allocated-bytes change over the window agrees with
+    // the allocator calls the uprobes counted.
+    let window_alloc = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "window_alloc")
+        .unwrap_or_else(|| panic!("no window_alloc check: {report:#}\n{stderr}"))
+        .clone();
+    eprintln!("window_alloc: {}", window_alloc["verdict"]);
+    assert_eq!(window_alloc["ok"], true, "{window_alloc:#}");
     assert!(code == 0 || code == 1, "{stderr}");
 }
