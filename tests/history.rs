@@ -1,10 +1,11 @@
 //! Leak ranking from the growth history, and allocation age, in one process.
 
 use std::hint::black_box;
-use std::io::Read;
-
-use pprof::protos::{Message, Profile};
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{decode, site_inuse};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
@@ -31,26 +32,6 @@ fn old_objects() -> Vec<Vec<u8>> {
 #[inline(never)]
 fn young_objects() -> Vec<Vec<u8>> {
     (0..512).map(|i| vec![i as u8; 4096]).collect()
-}
-
-fn decode(gz: &[u8]) -> Profile {
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut raw)
-        .unwrap();
-    Profile::decode(raw.as_slice()).unwrap()
-}
-
-fn site_inuse(snap: &heapprof::Snapshot, function: &str) -> i64 {
-    snap.sites()
-        .iter()
-        .filter(|s| {
-            s.frames()
-                .first()
-                .is_some_and(|f| f.function.contains(function))
-        })
-        .map(|s| s.inuse_bytes)
-        .sum()
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! that `go tool pprof -tagfocus` and `-tags` read.
 
 use std::hint::black_box;
-use std::io::Read;
 
-use pprof::protos::{Message, Profile};
+mod common;
+
+use common::{decode, value_index};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
@@ -14,14 +15,6 @@ static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
 #[inline(never)]
 fn keep_records(n: usize, size: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| vec![i as u8; size]).collect()
-}
-
-fn decode(gz: &[u8]) -> Profile {
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut raw)
-        .unwrap();
-    Profile::decode(raw.as_slice()).unwrap()
 }
 
 #[test]
@@ -41,11 +34,7 @@ fn allocations_carry_their_components_label() {
 
     let p = decode(&heapprof::snapshot().to_pprof());
     let s = |i: i64| p.string_table[i as usize].as_str();
-    let inuse = p
-        .sample_type
-        .iter()
-        .position(|t| s(t.ty) == "inuse_space")
-        .unwrap();
+    let inuse = value_index(&p, "inuse_space");
     let mut by_component = std::collections::HashMap::<String, i64>::new();
     for sample in &p.sample {
         let component = sample

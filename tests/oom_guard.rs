@@ -1,10 +1,11 @@
 //! The OOM guard writes profiles when memory crosses its thresholds, and
 //! the dump names the function that was growing.
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
-use pprof::protos::{Message, Profile};
+mod common;
+
+use common::{decode, top_inuse_leaf};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
@@ -26,30 +27,9 @@ fn rss() -> u64 {
         * 4096
 }
 
+/// The leaf function with the most in-use bytes in the profile at `path`.
 fn top_function(path: &std::path::Path) -> String {
-    let mut raw = Vec::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_end(&mut raw)
-        .unwrap();
-    let p = Profile::decode(raw.as_slice()).unwrap();
-    let s = |i: i64| p.string_table[i as usize].clone();
-    let inuse = p
-        .sample_type
-        .iter()
-        .position(|t| s(t.ty) == "inuse_space")
-        .unwrap();
-    let top = p.sample.iter().max_by_key(|x| x.value[inuse]).unwrap();
-    let loc = p
-        .location
-        .iter()
-        .find(|l| l.id == top.location_id[0])
-        .unwrap();
-    let f = p
-        .function
-        .iter()
-        .find(|f| f.id == loc.line[0].function_id)
-        .unwrap();
-    s(f.name)
+    top_inuse_leaf(&decode(&std::fs::read(path).unwrap())).0
 }
 
 #[test]

@@ -3,6 +3,10 @@
 
 use std::hint::black_box;
 
+mod common;
+
+use common::site_inuse;
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
@@ -17,18 +21,6 @@ fn steady(n: usize) -> Vec<Vec<u8>> {
     (0..n).map(|i| vec![i as u8; 4096]).collect()
 }
 
-fn inuse_of(snap: &heapprof::Snapshot, function: &str) -> i64 {
-    snap.sites()
-        .iter()
-        .filter(|s| {
-            s.frames()
-                .first()
-                .is_some_and(|f| f.function.contains(function))
-        })
-        .map(|s| s.inuse_bytes)
-        .sum()
-}
-
 #[test]
 fn peak_profile_names_the_spike_after_it_is_gone() {
     heapprof::set_sample_rate(4096);
@@ -39,11 +31,11 @@ fn peak_profile_names_the_spike_after_it_is_gone() {
 
     let current = heapprof::snapshot();
     assert!(
-        inuse_of(&current, "build_spike").abs() < 1 << 20,
+        site_inuse(&current, "build_spike").abs() < 1 << 20,
         "spike freed"
     );
     let peak = heapprof::peak_snapshot().expect("a peak was captured");
-    let spike_at_peak = inuse_of(&peak, "build_spike");
+    let spike_at_peak = site_inuse(&peak, "build_spike");
     // Captured within 1/16 of the true peak, estimated within ~1%.
     let want = 40.0 * 1024.0 * 1024.0;
     assert!(
@@ -61,7 +53,7 @@ fn peak_profile_names_the_spike_after_it_is_gone() {
     heapprof::reset_peak();
     let more = steady(64);
     let peak = heapprof::peak_snapshot().expect("recaptured after reset");
-    assert!(inuse_of(&peak, "build_spike").abs() < 1 << 20);
-    assert!(inuse_of(&peak, "steady") > 4 << 20);
+    assert!(site_inuse(&peak, "build_spike").abs() < 1 << 20);
+    assert!(site_inuse(&peak, "steady") > 4 << 20);
     black_box((base, after, more));
 }

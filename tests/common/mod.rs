@@ -133,3 +133,17 @@ pub fn top_inuse_leaf(p: &Profile) -> (String, i64) {
         .max_by_key(|(_, v)| *v)
         .unwrap_or_default()
 }
+
+/// Estimated in-use bytes of the sites whose innermost (trimmed) frame's
+/// function name contains `needle`.
+pub fn site_inuse(snap: &heapprof::Snapshot, needle: &str) -> i64 {
+    snap.sites()
+        .iter()
+        .filter(|s| {
+            s.frames()
+                .first()
+                .is_some_and(|f| f.function.contains(needle))
+        })
+        .map(|s| s.inuse_bytes)
+        .sum()
+}
