@@ -223,7 +223,7 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
     let mut reserved = untracked(|| reserve(config.reserve_bytes));
     let mut armed = vec![true; config.thresholds.len()];
     let rearm_gap = 0.05;
-    let mut warmed_sites = crate::stats().sites;
+    let mut warmed_sites = crate::site_table::usage().sites;
     let mut warmed_at = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Some(used) = source.used() {
@@ -244,7 +244,7 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
                 reserved = untracked(|| reserve(config.reserve_bytes));
             }
             // Symbolize new call sites while there is room and time.
-            let sites = crate::stats().sites;
+            let sites = crate::site_table::usage().sites;
             if sites != warmed_sites
                 && fraction < lowest
                 && warmed_at.elapsed() >= Duration::from_secs(2)

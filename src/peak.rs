@@ -12,9 +12,9 @@
 
 use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
+use crate::clock;
 use crate::site_table::{self, CounterValues};
 use crate::spin::SpinLock;
-use crate::{clock, config};
 
 const MIN_STEP: i64 = 256 * 1024;
 
@@ -58,7 +58,9 @@ fn ensure_buffer() -> bool {
     if !BUFFER.load(Ordering::Relaxed).is_null() {
         return true;
     }
-    let cap = config::max_sites() + 1;
+    // Site ids stay below the table's bound (fixed once it exists, which it
+    // does: captures follow a sampled allocation's site creation).
+    let cap = site_table::usage().max_sites + 1;
     match site_table::map_zeroed(cap * core::mem::size_of::<CounterValues>()) {
         Some(p) => {
             BUFFER.store(p.cast(), Ordering::Relaxed);

@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 
@@ -61,6 +61,9 @@ pub(crate) fn keep_resolver_cache(keep: bool) {
 
 /// Approximate heap bytes held by the cache (entries, frames, strings).
 static CACHE_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Entries in the cache, kept beside it so reading the stats never waits
+/// for the cache lock (held for the whole of a symbolization).
+static CACHE_ENTRIES: AtomicUsize = AtomicUsize::new(0);
 
 /// Heap bytes one cache entry holds, approximately: the map slot, the
 /// frames and their strings.
@@ -94,6 +97,7 @@ pub(crate) fn resolve_all(ips: impl IntoIterator<Item = usize>) -> HashMap<usize
                 misses += 1;
                 let resolved = resolve_one(ip);
                 CACHE_BYTES.fetch_add(entry_bytes(&resolved), Ordering::Relaxed);
+                CACHE_ENTRIES.fetch_add(1, Ordering::Relaxed);
                 resolved
             })
             .clone();
@@ -144,11 +148,10 @@ fn resolve_one(ip: usize) -> Resolved {
 }
 
 /// (entries, approximate heap bytes, total nanoseconds spent resolving)
-/// of the symbol cache.
+/// of the symbol cache. Lock-free.
 pub(crate) fn cache_stats() -> (usize, u64, u64) {
-    let entries = CACHE.lock().as_ref().map_or(0, HashMap::len);
     (
-        entries,
+        CACHE_ENTRIES.load(Ordering::Relaxed),
         CACHE_BYTES.load(Ordering::Relaxed),
         RESOLVE_NS.load(Ordering::Relaxed),
     )
