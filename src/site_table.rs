@@ -39,17 +39,45 @@ const CHUNK_SITES: usize = 1024;
 const MAX_CHUNKS: usize = config::MAX_SITES_LIMIT / CHUNK_SITES;
 const ARENA_BLOCK_BYTES: usize = 256 * 1024;
 
-/// Counters of one site. `*_fx` are object estimates times `WEIGHT_ONE`.
+/// One direction (allocations or frees) of a site's counters. `objects_fx`
+/// is the object estimate times `WEIGHT_ONE`.
+#[derive(Default)]
+struct Tally {
+    samples: AtomicU64,
+    sampled_bytes: AtomicU64,
+    objects_fx: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Tally {
+    /// Adds one sample of `size` bytes with weight `weight_fx`; returns the
+    /// estimated bytes it stands for. `samples` is written last (Release),
+    /// so a reader that sees it sees the rest.
+    fn add(&self, size: usize, weight_fx: u64) -> u64 {
+        let bytes = crate::sampler::weighted_bytes(weight_fx, size);
+        self.objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.sampled_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        self.samples.fetch_add(1, Ordering::Release);
+        bytes
+    }
+
+    /// (samples, sampled bytes, objects_fx, bytes).
+    fn load(&self) -> (u64, u64, u64, u64) {
+        (
+            self.samples.load(Ordering::Acquire),
+            self.sampled_bytes.load(Ordering::Acquire),
+            self.objects_fx.load(Ordering::Acquire),
+            self.bytes.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// Counters of one site.
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub alloc_samples: AtomicU64,
-    pub alloc_sampled_bytes: AtomicU64,
-    pub alloc_objects_fx: AtomicU64,
-    pub alloc_bytes: AtomicU64,
-    pub free_samples: AtomicU64,
-    pub free_sampled_bytes: AtomicU64,
-    pub free_objects_fx: AtomicU64,
-    pub free_bytes: AtomicU64,
+    alloc: Tally,
+    free: Tally,
 }
 
 /// A plain copy of [`Counters`].
@@ -69,15 +97,13 @@ impl Counters {
     /// Reads the free side first: every free is counted after its
     /// allocation, so the copy never shows more freed than allocated.
     fn values(&self) -> CounterValues {
-        let free_samples = self.free_samples.load(Ordering::Acquire);
-        let free_sampled_bytes = self.free_sampled_bytes.load(Ordering::Acquire);
-        let free_objects_fx = self.free_objects_fx.load(Ordering::Acquire);
-        let free_bytes = self.free_bytes.load(Ordering::Acquire);
+        let (free_samples, free_sampled_bytes, free_objects_fx, free_bytes) = self.free.load();
+        let (alloc_samples, alloc_sampled_bytes, alloc_objects_fx, alloc_bytes) = self.alloc.load();
         CounterValues {
-            alloc_samples: self.alloc_samples.load(Ordering::Acquire),
-            alloc_sampled_bytes: self.alloc_sampled_bytes.load(Ordering::Acquire),
-            alloc_objects_fx: self.alloc_objects_fx.load(Ordering::Acquire),
-            alloc_bytes: self.alloc_bytes.load(Ordering::Acquire),
+            alloc_samples,
+            alloc_sampled_bytes,
+            alloc_objects_fx,
+            alloc_bytes,
             free_samples,
             free_sampled_bytes,
             free_objects_fx,
@@ -319,26 +345,16 @@ static INUSE_BYTES: AtomicI64 = AtomicI64::new(0);
 /// Adds one sampled allocation of `size` bytes with weight `weight_fx`.
 pub(crate) fn record_alloc(site: u32, size: usize, weight_fx: u64) {
     let Some(c) = counters(site) else { return };
-    let bytes = crate::sampler::weighted_bytes(weight_fx, size);
-    c.alloc_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
-    c.alloc_bytes.fetch_add(bytes, Ordering::Relaxed);
-    c.alloc_sampled_bytes
-        .fetch_add(size as u64, Ordering::Relaxed);
-    c.alloc_samples.fetch_add(1, Ordering::Release);
-    let inuse = INUSE_BYTES.fetch_add(bytes as i64, Ordering::Relaxed) + bytes as i64;
+    let bytes = c.alloc.add(size, weight_fx) as i64;
+    let inuse = INUSE_BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
     crate::peak::on_inuse(inuse);
 }
 
 /// Adds the free of a sampled allocation recorded by [`record_alloc`].
 pub(crate) fn record_free(site: u32, size: usize, weight_fx: u64) {
     let Some(c) = counters(site) else { return };
-    let bytes = crate::sampler::weighted_bytes(weight_fx, size);
-    c.free_objects_fx.fetch_add(weight_fx, Ordering::Relaxed);
-    c.free_bytes.fetch_add(bytes, Ordering::Relaxed);
-    c.free_sampled_bytes
-        .fetch_add(size as u64, Ordering::Relaxed);
-    c.free_samples.fetch_add(1, Ordering::Release);
-    INUSE_BYTES.fetch_sub(bytes as i64, Ordering::Relaxed);
+    let bytes = c.free.add(size, weight_fx) as i64;
+    INUSE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
 }
 
 /// Estimated in-use bytes of the process (sum over sites).
