@@ -15,14 +15,15 @@
 //! [`OomGuardConfig::keep`].
 //!
 //! Near the limit, building a profile must not be what tips the process
-//! over, nor be too slow to finish before the kill. While the guard runs,
-//! the symbolizer keeps its parsed debug info, and whenever new call sites
-//! appear while memory is below the lowest threshold the guard symbolizes
-//! them in the background (at most every 2 s), so a dump only encodes. It
-//! also reserves [`OomGuardConfig::reserve_bytes`] of touched memory and
-//! frees that reserve right before dumping, so the dump's allocations reuse
-//! pages already charged to the cgroup, and takes it back once memory is
-//! below the lowest threshold again.
+//! over, nor be too slow to finish before the kill. At start the guard
+//! symbolizes the existing call sites, and while it runs the symbolizer
+//! keeps its parsed debug info, so a dump resolves only the sites that are
+//! new since then, quickly. The watcher thread does nothing else heavy: it
+//! reads memory every interval and dumps. It also reserves
+//! [`OomGuardConfig::reserve_bytes`] of touched memory and frees that
+//! reserve right before dumping, so the dump's allocations reuse pages
+//! already charged to the cgroup, and takes it back once memory is below
+//! the lowest threshold again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -200,7 +201,7 @@ pub fn start(config: OomGuardConfig) -> Result<OomGuard, OomGuardError> {
         (None, _, _) => return Err(OomGuardError::NoLimit),
     };
     crate::symbolize::keep_resolver_cache(true);
-    untracked(|| drop(crate::snapshot().to_pprof()));
+    crate::snapshot::warm_symbols();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -223,8 +224,6 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
     let mut reserved = untracked(|| reserve(config.reserve_bytes));
     let mut armed = vec![true; config.thresholds.len()];
     let rearm_gap = 0.05;
-    let mut warmed_sites = crate::site_table::usage().sites;
-    let mut warmed_at = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if let Some(used) = source.used() {
             let fraction = used as f64 / limit as f64;
@@ -242,16 +241,6 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
             let lowest = config.thresholds.first().copied().unwrap_or(1.0);
             if reserved.is_empty() && config.reserve_bytes > 0 && fraction < lowest - rearm_gap {
                 reserved = untracked(|| reserve(config.reserve_bytes));
-            }
-            // Symbolize new call sites while there is room and time.
-            let sites = crate::site_table::usage().sites;
-            if sites != warmed_sites
-                && fraction < lowest
-                && warmed_at.elapsed() >= Duration::from_secs(2)
-            {
-                untracked(|| drop(crate::snapshot().to_pprof()));
-                warmed_sites = sites;
-                warmed_at = std::time::Instant::now();
             }
         }
         std::thread::park_timeout(config.interval);

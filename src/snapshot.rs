@@ -289,6 +289,17 @@ fn set_ages(sites: &mut [Site], now_ns: u64) {
     }
 }
 
+/// Symbolizes every address of the current sites into the symbol cache,
+/// without building a profile (the OOM guard's warm-up).
+pub(crate) fn warm_symbols() {
+    untracked(|| {
+        let snap = snapshot();
+        drop(symbolize::resolve_all(
+            snap.sites.iter().flat_map(|s| s.stack.iter().copied()),
+        ));
+    })
+}
+
 /// The profiler's current [`Stats`].
 pub fn stats() -> Stats {
     let usage = site_table::usage();
