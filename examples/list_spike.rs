@@ -34,6 +34,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use clap::Parser;
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
@@ -93,36 +95,19 @@ async fn list_pods(State(count): State<usize>) -> impl IntoResponse {
     }
 }
 
+/// Incident 5: a list request that builds a huge answer.
+#[derive(Parser)]
 struct Args {
+    /// Serve the list route and heapprof on ADDR.
+    #[arg(long, value_name = "ADDR")]
     serve: String,
+    /// Pods in each list answer.
+    #[arg(long, value_name = "N", default_value = "10000")]
     pods: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut serve = None;
-    let mut pods = 10_000;
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--serve" => serve = Some(it.next().ok_or("--serve needs an address")?),
-            "--pods" => {
-                pods = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("--pods needs a whole number")?
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    let serve = serve.ok_or("--serve ADDR is required")?;
-    Ok(Args { serve, pods })
-}
-
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("list_spike: {e}");
-        std::process::exit(2);
-    });
+    let args = Args::parse();
     let _guard = std::env::var_os("HEAPPROF_DUMP_DIR").and_then(|dir| {
         match heapprof::oom_guard::start_from_env() {
             Ok(guard) => {

@@ -33,6 +33,8 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
@@ -237,51 +239,29 @@ fn paced(per_sec: u64, mut work: impl FnMut()) {
     }
 }
 
+/// Incident 2: a service and the log shipper that is really leaking.
+#[derive(Parser)]
+#[command(group(clap::ArgGroup::new("mode").required(true).multiple(true).args(["serve", "duration"])))]
 struct Args {
+    /// Serve heapprof on ADDR.
+    #[arg(long, value_name = "ADDR")]
     serve: Option<String>,
+    /// Log lines shipped per second (at least 1).
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = |v: &str| v.parse::<u64>().map(|n| n.max(1)))]
     lines_per_sec: u64,
+    /// Service requests per second (at least 1).
+    #[arg(long, value_name = "N", default_value = "500", value_parser = |v: &str| v.parse::<u64>().map(|n| n.max(1)))]
     requests_per_sec: u64,
+    /// Run S seconds, write the profile to --out, exit.
+    #[arg(long = "duration-secs", value_name = "S", value_parser = |v: &str| v.parse().map(Duration::from_secs))]
     duration: Option<Duration>,
+    /// Where the profile goes with --duration-secs.
+    #[arg(long, value_name = "FILE", default_value = "log_shipper.pb.gz")]
     out: String,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        serve: None,
-        lines_per_sec: 1000,
-        requests_per_sec: 500,
-        duration: None,
-        out: "log_shipper.pb.gz".to_owned(),
-    };
-    let mut it = std::env::args().skip(1);
-    let number = |flag: &str, v: Option<String>| -> Result<u64, String> {
-        v.as_deref()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a whole number"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--serve" => args.serve = Some(it.next().ok_or("--serve needs an address")?),
-            "--lines-per-sec" => args.lines_per_sec = number(&arg, it.next())?.max(1),
-            "--requests-per-sec" => args.requests_per_sec = number(&arg, it.next())?.max(1),
-            "--duration-secs" => {
-                args.duration = Some(Duration::from_secs(number(&arg, it.next())?))
-            }
-            "--out" => args.out = it.next().ok_or("--out needs a file name")?,
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if args.serve.is_none() && args.duration.is_none() {
-        return Err("give --serve ADDR, --duration-secs S, or both".to_owned());
-    }
-    Ok(args)
-}
-
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("log_shipper: {e}");
-        std::process::exit(2);
-    });
+    let args = Args::parse();
     if let Some(addr) = &args.serve {
         let bound = heapprof_http::spawn(addr.as_str()).unwrap_or_else(|e| {
             eprintln!("log_shipper: cannot serve on {addr}: {e}");

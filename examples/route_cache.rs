@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
@@ -87,50 +89,28 @@ fn resolve_routes(msg: &[u8]) -> Vec<Route> {
         .collect()
 }
 
+/// Incident 1: a route cache that never evicts.
+#[derive(Parser)]
 struct Args {
+    /// Serve heapprof on ADDR and record the growth history.
+    #[arg(long, value_name = "ADDR")]
     serve: Option<String>,
+    /// Turn the cache off (and with it the leak).
+    #[arg(long = "no-cache", action = clap::ArgAction::SetFalse)]
     cache: bool,
+    /// Simulated netlink events per second (at least 1).
+    #[arg(long, value_name = "N", default_value = "1000", value_parser = |v: &str| v.parse::<u64>().map(|n| n.max(1)))]
     events_per_sec: u64,
+    /// Exit after S seconds (default: run until killed).
+    #[arg(long = "duration-secs", value_name = "S", value_parser = |v: &str| v.parse().map(Duration::from_secs))]
     duration: Option<Duration>,
+    /// Interval of the growth recorder, milliseconds (at least 10).
+    #[arg(long = "history-interval-ms", value_name = "MS", default_value = "1000", value_parser = |v: &str| v.parse::<u64>().map(|ms| Duration::from_millis(ms.max(10))))]
     history_interval: Duration,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        serve: None,
-        cache: true,
-        events_per_sec: 1000,
-        duration: None,
-        history_interval: Duration::from_secs(1),
-    };
-    let mut it = std::env::args().skip(1);
-    let number = |flag: &str, v: Option<String>| -> Result<u64, String> {
-        v.as_deref()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a whole number"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--serve" => args.serve = Some(it.next().ok_or("--serve needs an address")?),
-            "--no-cache" => args.cache = false,
-            "--events-per-sec" => args.events_per_sec = number(&arg, it.next())?.max(1),
-            "--duration-secs" => {
-                args.duration = Some(Duration::from_secs(number(&arg, it.next())?))
-            }
-            "--history-interval-ms" => {
-                args.history_interval = Duration::from_millis(number(&arg, it.next())?.max(10))
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(args)
-}
-
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("route_cache: {e}");
-        std::process::exit(2);
-    });
+    let args = Args::parse();
     let _history = args.serve.as_ref().map(|addr| {
         let bound = heapprof_http::spawn(addr.as_str()).unwrap_or_else(|e| {
             eprintln!("route_cache: cannot serve on {addr}: {e}");

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use clap::Parser;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
@@ -59,30 +60,28 @@ async fn app_metrics() -> String {
     )
 }
 
+/// Incident 3: healthy dashboards over a steady leak.
+#[derive(Parser)]
+struct Args {
+    /// Serve /health, /app-metrics and heapprof on ADDR.
+    #[arg(long, value_name = "ADDR")]
+    serve: String,
+    /// Leak 1 MiB every MS milliseconds (positive).
+    #[arg(long = "leak-interval-ms", value_name = "MS", default_value = "8000", value_parser = |v: &str| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .ok_or("needs a positive number")
+    })]
+    leak_interval: Duration,
+}
+
 fn main() {
-    let mut serve = None;
-    let mut interval = Duration::from_millis(8000);
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        match (arg.as_str(), it.next()) {
-            ("--serve", Some(addr)) => serve = Some(addr),
-            ("--leak-interval-ms", Some(ms)) => match ms.parse::<u64>() {
-                Ok(ms) if ms > 0 => interval = Duration::from_millis(ms),
-                _ => {
-                    eprintln!("stealth_leak: --leak-interval-ms needs a positive number");
-                    std::process::exit(2);
-                }
-            },
-            _ => {
-                eprintln!("usage: stealth_leak --serve ADDR [--leak-interval-ms MS]");
-                std::process::exit(2);
-            }
-        }
-    }
-    let Some(addr) = serve else {
-        eprintln!("usage: stealth_leak --serve ADDR [--leak-interval-ms MS]");
-        std::process::exit(2);
-    };
+    let Args {
+        serve: addr,
+        leak_interval: interval,
+    } = Args::parse();
     std::thread::Builder::new()
         .name("background".into())
         .spawn(move || background_leak(interval))

@@ -44,6 +44,8 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
@@ -142,51 +144,31 @@ fn proc_status() -> (u64, u64) {
     (field("Threads:"), field("VmRSS:") * 1024)
 }
 
+/// Incident 4: heap flat, threads and page cache growing.
+#[derive(Parser)]
 struct Args {
+    /// Serve heapprof on ADDR.
+    #[arg(long, value_name = "ADDR")]
     serve: Option<String>,
+    /// New threads a second (at least 1).
+    #[arg(long, value_name = "N", default_value = "20", value_parser = |v: &str| v.parse::<u64>().map(|n| n.max(1)))]
     threads_per_sec: u64,
+    /// Stop creating threads at N.
+    #[arg(long, value_name = "N", default_value = "2000")]
     max_threads: u64,
+    /// Size of the page-cache file, MB (0: none).
+    #[arg(long, value_name = "N", default_value = "64")]
     file_mb: u64,
+    /// Pause between reads of the file, ms (0: read it once).
+    #[arg(long = "reread-ms", value_name = "MS", default_value = "500", value_parser = |v: &str| v.parse().map(Duration::from_millis))]
     reread: Duration,
+    /// Exit after S seconds (default: run until killed).
+    #[arg(long = "duration-secs", value_name = "S", value_parser = |v: &str| v.parse().map(Duration::from_secs))]
     duration: Option<Duration>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        serve: None,
-        threads_per_sec: 20,
-        max_threads: 2000,
-        file_mb: 64,
-        reread: Duration::from_millis(500),
-        duration: None,
-    };
-    let mut it = std::env::args().skip(1);
-    let number = |flag: &str, v: Option<String>| -> Result<u64, String> {
-        v.as_deref()
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a whole number"))
-    };
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--serve" => args.serve = Some(it.next().ok_or("--serve needs an address")?),
-            "--threads-per-sec" => args.threads_per_sec = number(&arg, it.next())?.max(1),
-            "--max-threads" => args.max_threads = number(&arg, it.next())?,
-            "--file-mb" => args.file_mb = number(&arg, it.next())?,
-            "--reread-ms" => args.reread = Duration::from_millis(number(&arg, it.next())?),
-            "--duration-secs" => {
-                args.duration = Some(Duration::from_secs(number(&arg, it.next())?))
-            }
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(args)
-}
-
 fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("thread_growth: {e}");
-        std::process::exit(2);
-    });
+    let args = Args::parse();
     let cache = build_cache();
     let file_bytes = (args.file_mb as usize) << 20;
     if file_bytes > 0 {
