@@ -25,8 +25,6 @@
 use std::hint::black_box;
 use std::io::Write;
 
-use clap::Parser;
-
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
@@ -92,38 +90,66 @@ fn jemalloc_allocated() -> usize {
     tikv_jemalloc_ctl::stats::allocated::read().unwrap_or(0)
 }
 
-/// heapprof's quickstart: a process with a known heap, profiled.
-#[derive(Parser)]
+/// Flags, parsed by hand on purpose: quickstart is "a process with a known
+/// heap", and a parser library allocates from dozens of distinct stacks
+/// before `retain_buffers` runs, which would fill a small site table
+/// (`HEAPPROF_MAX_SITES=16` in the site-bound test) before the functions
+/// under test get their own sites.
 struct Args {
-    /// Where to write the profile; `-` for stdout.
-    #[arg(default_value = "heap.pb.gz")]
     out: String,
-    /// Go's `debug=1` text format instead of gzipped pprof.
-    #[arg(long)]
     text: bool,
-    /// Multiply every amount by F, in (0, 16].
-    #[arg(long, value_name = "F", default_value = "1", value_parser = |v: &str| {
-        v.parse::<f64>()
-            .ok()
-            .filter(|s| *s > 0.0 && *s <= 16.0)
-            .ok_or("expected a number in (0, 16]")
-    })]
     scale: f64,
-    /// Also keep one 1 KiB object from each of N distinct stacks (0 to 50).
-    #[arg(long, value_name = "N", default_value = "0", value_parser = |v: &str| {
-        v.parse::<usize>().ok().filter(|n| *n <= 50).ok_or("expected 0 to 50")
-    })]
     sites: usize,
-    /// Then serve heapprof-http on ADDR and block until killed.
-    #[arg(long, value_name = "ADDR")]
     serve: Option<String>,
-    /// While serving, answer `churn BYTES` lines on stdin.
-    #[arg(long)]
     commands: bool,
 }
 
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        out: "heap.pb.gz".into(),
+        text: false,
+        scale: 1.0,
+        sites: 0,
+        serve: None,
+        commands: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--text" => args.text = true,
+            "--scale" => {
+                let v = it.next().ok_or("--scale needs a number")?;
+                args.scale = v
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0 && *s <= 16.0)
+                    .ok_or_else(|| format!("--scale {v}: expected a number in (0, 16]"))?;
+            }
+            "--sites" => {
+                let v = it.next().ok_or("--sites needs a number")?;
+                args.sites = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 50)
+                    .ok_or_else(|| format!("--sites {v}: expected 0 to 50"))?;
+            }
+            "--serve" => args.serve = Some(it.next().ok_or("--serve needs an address")?),
+            "--commands" => args.commands = true,
+            a if a.starts_with("--") => return Err(format!("unknown option {a}")),
+            a => args.out = a.into(),
+        }
+    }
+    Ok(args)
+}
+
 fn main() {
-    let args = Args::parse();
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("quickstart: {e}");
+            std::process::exit(2);
+        }
+    };
     let scaled = |n: usize| ((n as f64) * args.scale).round() as usize;
 
     let before = jemalloc_allocated();
