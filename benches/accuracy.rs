@@ -38,7 +38,7 @@ const EXACT_CLASS: [&str; 3] = ["site_buffers_4k", "site_small_64", "site_half_f
 
 fn main() {
     let seeds = if quick() { 3 } else { 10 };
-    let programs = build_programs(true);
+    let programs = build_programs(true, false);
     let heapprof_bin = programs.plain.join("accuracy");
     let jemalloc_bin = programs.prof.as_ref().map(|d| d.join("accuracy-jemalloc"));
     let run_heapprof = |rate: u64, seed: u64| {

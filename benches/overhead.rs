@@ -10,7 +10,10 @@
 //! configurations interleaved, one process per measurement, for several
 //! rounds, and prints per workload the median ns per operation, the ratio of
 //! medians to plain jemalloc, and the median of the per-round ratios (paired,
-//! steadier on a loaded machine). Last, one line per pair:
+//! steadier on a loaded machine) and, for heapprof, the unwinder its
+//! `HEAPPROF_UNWIND=auto` settled on. The `-fp` configurations are the same
+//! programs built with `-C force-frame-pointers=yes`, `jemalloc-fp` their
+//! baseline; the others are built without. Last, one line per pair:
 //! `RATIO <workload> <configuration> <ratio-to-plain-jemalloc>`.
 
 #[path = "support/mod.rs"]
@@ -51,8 +54,24 @@ fn main() {
     ]
     .iter()
     .any(|n| wanted(n));
-    let programs = build_programs(with_prof);
+    let with_fp = [
+        "jemalloc-fp",
+        "heapprof-jemalloc-default-fp",
+        "heapprof-jemalloc-64k-fp",
+        "heapprof-jemalloc-off-fp",
+        "heapprof-system-default-fp",
+    ]
+    .iter()
+    .any(|n| wanted(n));
+    let programs = build_programs(with_prof, with_fp);
     let plain = |bin: &str| Ok(programs.plain.join(bin));
+    let fp = |bin: &str| {
+        programs
+            .fp
+            .as_ref()
+            .map(|d| d.join(bin))
+            .map_err(|e| format!("frame-pointer build failed: {e}"))
+    };
     let prof = |bin: &str| {
         programs
             .prof
@@ -105,6 +124,36 @@ fn main() {
             divisor: 1,
         },
         Config {
+            name: "jemalloc-fp",
+            bin: fp("jemalloc"),
+            env: &[],
+            divisor: 1,
+        },
+        Config {
+            name: "heapprof-jemalloc-default-fp",
+            bin: fp("heapprof-jemalloc"),
+            env: &[],
+            divisor: 1,
+        },
+        Config {
+            name: "heapprof-jemalloc-64k-fp",
+            bin: fp("heapprof-jemalloc"),
+            env: &[("HEAPPROF_SAMPLE_RATE", "65536")],
+            divisor: 1,
+        },
+        Config {
+            name: "heapprof-jemalloc-off-fp",
+            bin: fp("heapprof-jemalloc"),
+            env: &[("HEAPPROF_SAMPLE_RATE", "0")],
+            divisor: 1,
+        },
+        Config {
+            name: "heapprof-system-default-fp",
+            bin: fp("heapprof-system"),
+            env: &[],
+            divisor: 1,
+        },
+        Config {
             name: "jemalloc-prof",
             bin: prof("jemalloc-prof"),
             env: &[],
@@ -151,6 +200,8 @@ fn main() {
     // times[w][c] = ns per op of each round; errors[c] = why it failed.
     let mut times = vec![vec![Vec::new(); configs.len()]; workloads.len()];
     let mut errors: Vec<Option<String>> = configs.iter().map(|c| c.bin.clone().err()).collect();
+    // What each heapprof program reported; auto settles per binary.
+    let mut unwinders: Vec<Option<String>> = vec![None; configs.len()];
     for round in 0..rounds {
         eprintln!("round {}/{rounds}", round + 1);
         for (w, (workload, ops)) in workloads.iter().enumerate() {
@@ -161,7 +212,12 @@ fn main() {
                 let Ok(bin) = &config.bin else { continue };
                 let ops = (ops / scale / config.divisor).to_string();
                 match run(bin, config.env, workload, &ops) {
-                    Ok(ns) => times[w][c].push(ns),
+                    Ok((ns, unwinder)) => {
+                        times[w][c].push(ns);
+                        if unwinder.is_some() {
+                            unwinders[c] = unwinder;
+                        }
+                    }
                     Err(e) => {
                         eprintln!("{} {workload}: {e}", config.name);
                         errors[c] = Some(e);
@@ -180,22 +236,23 @@ fn main() {
             if quick { " (quick)" } else { "" }
         );
         println!(
-            "  {:<26} {:>10} {:>9} {:>13}",
+            "  {:<30} {:>10} {:>9} {:>13}  unwinder",
             "configuration", "ns/op", "x jemalloc", "paired ratio"
         );
         for (c, config) in configs.iter().enumerate() {
             if let Some(e) = &errors[c] {
-                println!("  {:<26} unavailable: {e}", config.name);
+                println!("  {:<30} unavailable: {e}", config.name);
                 continue;
             }
             let t = &times[w][c];
             let m = median(t);
             let paired: Vec<f64> = t.iter().zip(base).map(|(a, b)| a / b).collect();
             println!(
-                "  {:<26} {m:>10.2} {:>9.3}x {:>12.3}x",
+                "  {:<30} {m:>10.2} {:>9.3}x {:>12.3}x  {}",
                 config.name,
                 m / base_median,
-                median(&paired)
+                median(&paired),
+                unwinders[c].as_deref().unwrap_or("-")
             );
             ratio_lines.push(format!(
                 "RATIO {workload} {} {:.4}",
@@ -209,7 +266,14 @@ fn main() {
     }
 }
 
-fn run(bin: &Path, env: &[(&str, &str)], workload: &str, ops: &str) -> Result<f64, String> {
+/// Runs one measurement: ns per operation, and the unwinder a heapprof
+/// program reports having used.
+fn run(
+    bin: &Path,
+    env: &[(&str, &str)],
+    workload: &str,
+    ops: &str,
+) -> Result<(f64, Option<String>), String> {
     let out = program(bin, env)
         .args([workload, ops])
         .output()
@@ -225,9 +289,14 @@ fn run(bin: &Path, env: &[(&str, &str)], workload: &str, ops: &str) -> Result<f6
                 .unwrap_or("")
         ));
     }
-    stdout
+    let ns = stdout
         .lines()
         .find_map(|l| l.strip_prefix("ns_per_op "))
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| format!("no ns_per_op in output: {stdout}"))
+        .ok_or_else(|| format!("no ns_per_op in output: {stdout}"))?;
+    let unwinder = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("unwinder "))
+        .map(str::to_owned);
+    Ok((ns, unwinder))
 }

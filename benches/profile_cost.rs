@@ -24,7 +24,7 @@ use support::{build_programs, median, program, quick};
 
 fn main() {
     let runs = if quick() { 1 } else { 3 };
-    let programs = build_programs(true);
+    let programs = build_programs(true, false);
     let heapprof = programs.plain.join("profile-cost");
     let jemalloc = programs
         .prof

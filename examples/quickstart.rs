@@ -20,7 +20,8 @@
 //!
 //! On stdout it prints one `truth` line with the exact bytes each function
 //! allocated and jemalloc's `stats.allocated` around the retaining phase, so
-//! tests can hold the profile against the truth.
+//! tests can hold the profile against the truth, and whether stacks were
+//! captured by walking frame pointers (`frame_pointers=1`).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -164,8 +165,9 @@ fn main() {
 
     println!(
         "truth retain_buffers={buffer_bytes} retain_small={small_bytes} churn={churn_bytes} \
-         jemalloc_retained={retained} rate={}",
-        heapprof::sample_rate()
+         jemalloc_retained={retained} rate={} frame_pointers={}",
+        heapprof::sample_rate(),
+        u8::from(heapprof::unwinder() == heapprof::Unwinder::FramePointers)
     );
 
     let snap = heapprof::snapshot();

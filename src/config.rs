@@ -76,19 +76,24 @@ pub(crate) fn seed() -> Option<u64> {
     env_u64(c"HEAPPROF_SEED")
 }
 
-/// Reads a decimal environment variable without allocating. A value that is
-/// not a plain decimal number is reported once on stderr and ignored.
-fn env_u64(name: &core::ffi::CStr) -> Option<u64> {
+/// The bytes of an environment variable, without allocating (`getenv`).
+pub(crate) fn env_bytes(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     // SAFETY: getenv takes a NUL-terminated name and returns NULL or a pointer
-    // to a NUL-terminated string owned by the environment. It does not
-    // allocate. Reading it races only with a concurrent setenv, which Rust
-    // code reaches only through the `unsafe` std::env::set_var.
+    // to a NUL-terminated string owned by the environment, which lives until
+    // a setenv of the same name; Rust code reaches setenv only through the
+    // `unsafe` std::env::set_var, whose contract rules out concurrent readers.
     let value = unsafe { libc::getenv(name.as_ptr()) };
     if value.is_null() {
         return None;
     }
     // SAFETY: non-null getenv results point to a NUL-terminated string.
-    let bytes = unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes();
+    Some(unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes())
+}
+
+/// Reads a decimal environment variable without allocating. A value that is
+/// not a plain decimal number is reported once on stderr and ignored.
+fn env_u64(name: &core::ffi::CStr) -> Option<u64> {
+    let bytes = env_bytes(name)?;
     match parse_u64(bytes) {
         Some(n) => Some(n),
         None => {

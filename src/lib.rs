@@ -4,6 +4,7 @@
 mod cgroup;
 mod clock;
 mod config;
+mod frame_pointer;
 pub mod history;
 mod labels;
 mod live_table;
@@ -30,4 +31,5 @@ pub use snapshot::{
     PprofOptions, SampleType, SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType,
     peak_snapshot, snapshot, snapshot_older_than, stats,
 };
+pub use stack::{AUTO_CHECKS, SPOT_CHECK_EVERY, Unwinder, unwinder};
 pub use symbolize::{Frame, is_plumbing};

@@ -110,6 +110,9 @@ pub struct Stats {
     pub estimated_inuse_bytes: i64,
     /// Estimated in-use heap bytes at the peak (see [`peak_snapshot`]).
     pub peak_inuse_bytes: i64,
+    /// How sampled stacks are captured (`HEAPPROF_UNWIND`, see
+    /// [`unwinder`](crate::unwinder)).
+    pub unwinder: crate::Unwinder,
 }
 
 /// The four values of a heap profile, as Go names them.
@@ -319,6 +322,7 @@ pub fn stats() -> Stats {
         symbolization_ns,
         estimated_inuse_bytes: site_table::inuse_bytes(),
         peak_inuse_bytes: crate::peak::peak_inuse_bytes(),
+        unwinder: crate::stack::unwinder(),
     }
 }
 

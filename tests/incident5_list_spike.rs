@@ -10,11 +10,12 @@
 //! memory cgroup v1 this test creates, with a 512 MiB limit and the OOM
 //! guard on. Clients pile up, one more every 1.5 s, each looping on list
 //! requests, until the guard has written a dump or the working set is at
-//! the guard's first threshold (80%); then no new requests start, the
-//! guard's 80% dump must appear, and ten concurrent lists (800+ MB) push
-//! the process into the limit, where the kernel OOM-kills it (reported, not
-//! required). The dumps must be on disk afterwards, and the peak dump must
-//! name `build_pod_list` with the burst's bytes.
+//! the guard's first threshold (80%); then the running clients keep the
+//! load there until the guard's dump appears, no new requests start, and
+//! ten concurrent lists (800+ MB) push the process into the limit, where
+//! the kernel OOM-kills it (reported, not required). The dumps must be on
+//! disk afterwards, and the peak dump must name `build_pod_list` with the
+//! burst's bytes.
 //!
 //! Why the load stops at 80% instead of one burst straight into the limit:
 //! a burst raises memory at about 850 MB/s here, and the guard's dump (two
@@ -379,6 +380,20 @@ fn oom_guard_dumps_before_the_cgroup_limit() {
         100.0 * cg.working_set() as f64 / LIMIT as f64,
         clients.served.load(Ordering::Relaxed),
         cg.read_number("memory.max_usage_in_bytes"),
+    );
+    // No more clients, but the ones running keep the working set where it
+    // is until the guard's dump appears: the guard samples memory every
+    // 100 ms and, on 2 cores busy with list builders, may not have run at
+    // the moment the test saw 80%. Stopping the load right away let memory
+    // fall back under the threshold before the guard looked (1 run in 6).
+    let hold = Instant::now();
+    while dumps(&dir.0).is_empty() && hold.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "held the load {:.1} s more until a dump appeared ({} dumps)",
+        hold.elapsed().as_secs_f64(),
+        dumps(&dir.0).len()
     );
     // No new requests; the guard, now that it has CPU, writes its dumps.
     clients.stop();

@@ -6,9 +6,19 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Where the programs crate lives and where its two builds go.
+/// Frame pointers on (the repository's `.cargo/config.toml` sets them, and a
+/// nested cargo started from the repository picks that up) or explicitly
+/// off: an empty `RUSTFLAGS` overrides the config file.
+const FRAME_POINTERS: &str = "-C force-frame-pointers=yes";
+const NO_FRAME_POINTERS: &str = "";
+
+/// Where the programs crate lives and where its builds go.
 pub struct Programs {
+    /// Built without frame pointers: what a service gets by default.
     pub plain: PathBuf,
+    /// The plain configurations built with frame pointers (`-fp` in the
+    /// tables), or why they could not be built.
+    pub fp: Result<PathBuf, String>,
     /// `Err` with the reason when the `prof` build failed.
     pub prof: Result<PathBuf, String>,
     /// The `prof` build with `-C force-frame-pointers=yes`, for pprof-alloc,
@@ -34,7 +44,7 @@ fn cargo() -> Command {
     c
 }
 
-fn build(target_dir: &Path, args: &[&str], rustflags: Option<&str>) -> Result<(), String> {
+fn build(target_dir: &Path, args: &[&str], rustflags: &str) -> Result<(), String> {
     let manifest = root().join("benches/programs/Cargo.toml");
     eprintln!(
         "building {} into {} {}",
@@ -43,10 +53,8 @@ fn build(target_dir: &Path, args: &[&str], rustflags: Option<&str>) -> Result<()
         args.join(" ")
     );
     let mut cmd = cargo();
-    if let Some(flags) = rustflags {
-        cmd.env("RUSTFLAGS", flags);
-    }
     let out = cmd
+        .env("RUSTFLAGS", rustflags)
         .args(["build", "--release", "--manifest-path"])
         .arg(&manifest)
         .arg("--target-dir")
@@ -67,14 +75,34 @@ fn build(target_dir: &Path, args: &[&str], rustflags: Option<&str>) -> Result<()
     Err(first_error)
 }
 
-/// Builds the programs: the plain build (must succeed) and the `prof` build
-/// (jemalloc with profiling compiled in; may fail, reported per config).
-pub fn build_programs(with_prof: bool) -> Programs {
+/// Builds the programs: the plain build (must succeed), and if asked the
+/// frame-pointer build of the plain configurations and the `prof` builds
+/// (jemalloc with profiling compiled in). Those may fail, reported per
+/// configuration.
+pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
     let base = root().join("target/bench-programs");
     let plain_dir = base.join("plain");
-    if let Err(e) = build(&plain_dir, &["--bins"], None) {
+    if let Err(e) = build(&plain_dir, &["--bins"], NO_FRAME_POINTERS) {
         panic!("building benches/programs failed: {e}");
     }
+    let fp_plain_dir = base.join("fp");
+    let fp = if !with_fp {
+        Err("not built".into())
+    } else {
+        build(
+            &fp_plain_dir,
+            &[
+                "--bin",
+                "jemalloc",
+                "--bin",
+                "heapprof-jemalloc",
+                "--bin",
+                "heapprof-system",
+            ],
+            FRAME_POINTERS,
+        )
+        .map(|()| fp_plain_dir.join("release"))
+    };
     let (prof, prof_fp) = if with_prof {
         let prof_dir = base.join("prof");
         let prof = build(
@@ -93,14 +121,14 @@ pub fn build_programs(with_prof: bool) -> Programs {
                 "--bin",
                 "profile-cost-jemalloc",
             ],
-            None,
+            NO_FRAME_POINTERS,
         )
         .map(|()| prof_dir.join("release"));
         let fp_dir = base.join("prof-fp");
         let prof_fp = build(
             &fp_dir,
             &["--features", "prof", "--bin", "pprof-alloc"],
-            Some("-C force-frame-pointers=yes"),
+            FRAME_POINTERS,
         )
         .map(|()| fp_dir.join("release"));
         (prof, prof_fp)
@@ -109,6 +137,7 @@ pub fn build_programs(with_prof: bool) -> Programs {
     };
     Programs {
         plain: plain_dir.join("release"),
+        fp,
         prof,
         prof_fp,
     }

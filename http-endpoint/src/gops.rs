@@ -193,6 +193,7 @@ pub(crate) fn mem_stats() -> String {
         format!("heapprof-total-alloc-objects: {}", totals.alloc_objects),
         format!("heapprof-sample-rate: {} bytes", stats.sample_rate),
         format!("heapprof-own-memory: {} bytes", stats.own_memory_bytes),
+        format!("heapprof-unwinder: {}", stats.unwinder.as_str()),
     ];
     #[cfg(feature = "jemalloc")]
     if let Some(j) = crate::jemalloc::stats() {

@@ -63,6 +63,11 @@ pub fn render() -> String {
         stats.own_memory_bytes,
     );
     out.gauge(
+        "heapprof_frame_pointer_unwinding",
+        "1 when sampled stacks are captured by walking frame pointers, 0 for DWARF unwinding or while HEAPPROF_UNWIND=auto is still checking.",
+        u8::from(stats.unwinder == heapprof::Unwinder::FramePointers),
+    );
+    out.gauge(
         "heapprof_sites",
         "Distinct allocating call sites recorded.",
         stats.sites,

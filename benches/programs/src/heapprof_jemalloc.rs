@@ -9,6 +9,9 @@ static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
 
 fn main() {
     workload::main();
+    // After the workload: which unwinder `HEAPPROF_UNWIND=auto` settled on
+    // (frame pointers in the `-fp` build, DWARF in the plain one).
+    println!("unwinder {}", heapprof::unwinder().as_str());
     if std::env::var_os("BENCH_VERBOSE").is_some() {
         let s = heapprof::stats();
         eprintln!(

@@ -7,4 +7,5 @@ static ALLOC: heapprof::Profiler<std::alloc::System> = heapprof::Profiler::new(s
 
 fn main() {
     workload::main();
+    println!("unwinder {}", heapprof::unwinder().as_str());
 }
