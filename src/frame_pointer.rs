@@ -43,7 +43,8 @@ thread_local! {
 /// Returns `None` when the chain cannot be walked safely: an architecture
 /// without a known frame layout, a thread whose stack bounds are unknown,
 /// or code running on a stack other than the thread's own (a signal stack,
-/// a coroutine). The first call on each thread looks the bounds up with
+/// a coroutine). Returns `Some(0)` when the frame-pointer register does
+/// not point into this stack at all. The first call on each thread looks the bounds up with
 /// `pthread_getattr_np`, which may allocate and, on the main thread, reads
 /// `/proc/self/maps`; callers hold the reentrancy guard.
 #[inline(never)]
@@ -51,10 +52,16 @@ pub(crate) fn walk(buf: &mut [usize]) -> Option<usize> {
     let mut fp = frame_pointer()?;
     let (low, high) = stack_bounds()?;
     let here = &fp as *const usize as usize;
-    if !(low..high).contains(&here) || !(here..high).contains(&fp) {
+    if !(low..high).contains(&here) {
         return None;
     }
     let mut n = 0;
+    // A register that does not point into the stack above this frame is
+    // not a frame pointer (code built without them): an empty chain, which
+    // `stack` counts as a disagreement with DWARF.
+    if !(here..high).contains(&fp) {
+        return Some(0);
+    }
     // A frame record is two words: the previous frame pointer, then the
     // return address. Each iteration reads one record inside [here, high).
     while n < buf.len() && fp.is_multiple_of(8) && fp.checked_add(16).is_some_and(|end| end <= high)

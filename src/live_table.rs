@@ -14,7 +14,9 @@
 //! `ptr & (TAG_ALIGN - 1)`: one AND and a branch that rejects every
 //! pointer that is not page-aligned, which for small objects is nearly all of
 //! them (glibc never returns page-aligned blocks for ordinary requests;
-//! jemalloc does for the first object of a slab and for large sizes). Only
+//! jemalloc does for the first object of a slab, and for large sizes only
+//! now and then: it offsets large blocks by a random multiple of 64 bytes
+//! within their first page, `opt.cache_oblivious`). Only
 //! page-aligned pointers probe this table: one cache line, no lock.
 //!
 //! The cost is memory: a sampled allocation smaller than a page occupies a
