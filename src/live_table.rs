@@ -18,7 +18,8 @@
 //! jemalloc does for the first object of a slab, and for large sizes only
 //! now and then: it offsets large blocks by a random multiple of 64 bytes
 //! within their first page, `opt.cache_oblivious`). Only
-//! page-aligned pointers probe this table: one cache line, no lock.
+//! page-aligned pointers probe this table, one cache line, no lock, and
+//! only while something sampled is live (one load of a counter).
 //!
 //! The cost is memory: a sampled allocation carries up to a page of
 //! padding. At the default rate that is at most 4 KiB per 512 KiB allocated
@@ -99,7 +100,12 @@ static RECORDS: Records = Records(UnsafeCell::new(
     }; CAPACITY],
 ));
 
-static LIVE: AtomicUsize = AtomicUsize::new(0);
+/// Live entries, on a cache line of its own: every page-aligned free reads
+/// it, sampled allocations and frees write it.
+#[repr(align(64))]
+struct LiveCount(AtomicUsize);
+
+static LIVE: LiveCount = LiveCount(AtomicUsize::new(0));
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Whether `ptr` can be a sampled allocation: the one test on every free.
@@ -135,7 +141,7 @@ pub(crate) fn insert(ptr: *mut u8, record: Record) -> bool {
             // until it publishes the key below.
             unsafe { record_slot(b, way).write(record) };
             key.store(addr, Ordering::Release);
-            LIVE.fetch_add(1, Ordering::Relaxed);
+            LIVE.0.fetch_add(1, Ordering::Relaxed);
             return true;
         }
     }
@@ -156,11 +162,26 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Record> {
             // record was written, and only this owner can clear it.
             let record = unsafe { record_slot(b, way).read() };
             key.store(EMPTY, Ordering::Release);
-            LIVE.fetch_sub(1, Ordering::Relaxed);
+            LIVE.0.fetch_sub(1, Ordering::Relaxed);
             return Some(record);
         }
     }
     None
+}
+
+/// Whether `ptr` is a live sampled allocation: the free path's whole test.
+/// A pointer that is not page-aligned costs one AND; a page-aligned one,
+/// while nothing sampled is live (sampling off, or every sample freed),
+/// one more load; otherwise a probe of its bucket. Only meaningful when
+/// called by the owner of `ptr`.
+///
+/// The count cannot read 0 while the owner's own entry is live: its
+/// increment happened before the owner received the pointer, and every
+/// decrement in the count's history follows the increment of the same
+/// entry, so each value since then includes this entry.
+#[inline(always)]
+pub(crate) fn is_sampled(ptr: *mut u8) -> bool {
+    may_be_sampled(ptr) && LIVE.0.load(Ordering::Relaxed) != 0 && contains(ptr)
 }
 
 /// Whether `ptr` is a live sampled allocation. Only meaningful when called
@@ -197,7 +218,7 @@ pub(crate) fn for_each(mut f: impl FnMut(&Record)) {
 
 /// Live sampled allocations currently tracked.
 pub(crate) fn live() -> usize {
-    LIVE.load(Ordering::Relaxed)
+    LIVE.0.load(Ordering::Relaxed)
 }
 
 /// Samples not taken because their bucket was full.

@@ -2,7 +2,7 @@
 //!
 //! The unsampled path of every method is inlined and does, beyond the inner
 //! allocator's call, one thread-local subtract (`sampler::should_sample`) and,
-//! on free, one alignment test (`live_table::may_be_sampled`). Everything the
+//! on free, one alignment test (`live_table::is_sampled`). Everything the
 //! sampled path does (stack capture, site lookup, bookkeeping) runs under the
 //! reentrancy guard, in `#[cold]` functions, and never panics: a failure
 //! anywhere there turns the allocation back into an unsampled one.
@@ -200,7 +200,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if live_table::may_be_sampled(ptr) && live_table::contains(ptr) {
+        if live_table::is_sampled(ptr) {
             return self.dealloc_sampled(ptr, layout);
         }
         // SAFETY: not in the live table, so never sampled (or no longer,
@@ -212,7 +212,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let rate = sampler::should_sample(new_size);
-        if rate == 0 && !(live_table::may_be_sampled(ptr) && live_table::contains(ptr)) {
+        if rate == 0 && !live_table::is_sampled(ptr) {
             // SAFETY: ptr is not sampled, so inner allocated it with layout.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
