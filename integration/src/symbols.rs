@@ -41,12 +41,29 @@ pub struct ElfSymbols {
     funcs: Vec<(u64, u64, String)>,
     /// `(file offset, virtual address, file size)` of `PT_LOAD` segments.
     segments: Vec<(u64, u64, u64)>,
-    /// The first bytes of some functions, by name (for probe placement).
-    prologues: HashMap<String, [u8; 4]>,
+    /// The first bytes of the allocator functions, by name (for probe
+    /// placement).
+    prologues: HashMap<String, [u8; PROLOGUE_BYTES]>,
 }
 
-/// Names whose first instruction bytes [`ElfSymbols::prologue`] keeps.
-const PROLOGUES_OF: &[&str] = &["free"];
+/// How many first bytes of a function [`ElfSymbols::prologue`] keeps.
+pub const PROLOGUE_BYTES: usize = 16;
+
+/// Whether [`ElfSymbols::prologue`] keeps the first bytes of `name`: glibc's
+/// and tikv-jemallocator's allocator entry points, which verify probes.
+fn keeps_prologue(name: &str) -> bool {
+    name.starts_with("_rjem_")
+        || matches!(
+            name,
+            "malloc"
+                | "calloc"
+                | "realloc"
+                | "free"
+                | "posix_memalign"
+                | "aligned_alloc"
+                | "memalign"
+        )
+}
 
 impl ElfSymbols {
     /// Reads the symbols of the ELF file at `path`.
@@ -75,15 +92,12 @@ impl ElfSymbols {
             })
             .collect();
         let mut prologues = HashMap::new();
-        for name in PROLOGUES_OF {
-            let Some(&(addr, _, _)) = funcs.iter().find(|f| f.2 == *name) else {
-                continue;
-            };
+        for (addr, _, name) in funcs.iter().filter(|f| keeps_prologue(&f.2)) {
             let bytes = file
                 .sections()
-                .find_map(|sec| sec.data_range(addr, 4).ok().flatten());
-            if let Some(b) = bytes.and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-                prologues.insert(name.to_string(), b);
+                .find_map(|sec| sec.data_range(*addr, PROLOGUE_BYTES as u64).ok().flatten());
+            if let Some(b) = bytes.and_then(|b| <[u8; PROLOGUE_BYTES]>::try_from(b).ok()) {
+                prologues.insert(name.clone(), b);
             }
         }
         Ok(Self {
@@ -104,7 +118,7 @@ impl ElfSymbols {
     }
 
     /// The first bytes of function `name`, for the names in `PROLOGUES_OF`.
-    pub fn prologue(&self, name: &str) -> Option<[u8; 4]> {
+    pub fn prologue(&self, name: &str) -> Option<[u8; PROLOGUE_BYTES]> {
         self.prologues.get(name).copied()
     }
 
