@@ -9,9 +9,8 @@
 //! and tag the sampled object's page.
 //!
 //! heapprof tags by alignment. A sampled allocation is made from the inner
-//! allocator a little larger than asked, and the caller gets the first
-//! [`TAG_ALIGN`] (4 KiB) boundary inside it, so every sampled pointer is
-//! page-aligned. `dealloc` first tests
+//! allocator with its alignment raised to [`TAG_ALIGN`] (4 KiB), so every
+//! sampled pointer is page-aligned. `dealloc` first tests
 //! `ptr & (TAG_ALIGN - 1)`: one AND and a branch that rejects every
 //! pointer that is not page-aligned, which for small objects is nearly all of
 //! them (glibc never returns page-aligned blocks for ordinary requests;
@@ -21,8 +20,8 @@
 //! page-aligned pointers probe this table, one cache line, no lock, and
 //! only while something sampled is live (one load of a counter).
 //!
-//! The cost is memory: a sampled allocation carries up to a page of
-//! padding. At the default rate that is at most 4 KiB per 512 KiB allocated
+//! The cost is memory: a sampled allocation smaller than a page occupies a
+//! page. At the default rate that is at most 4 KiB per 512 KiB allocated
 //! (under 1%); at rate 1 it multiplies small-object memory, which is why
 //! rate 1 is for tests.
 //!
@@ -60,9 +59,6 @@ const CLAIMED: usize = 1;
 pub(crate) struct Record {
     /// Site-table index of the allocating call stack.
     pub site: u32,
-    /// Bytes from the start of the inner allocator's block to the
-    /// page-aligned pointer handed out (`profiler::padded`).
-    pub offset: u32,
     /// `sampler::weight_fx` of the allocation.
     pub weight_fx: u64,
     /// `clock::monotonic_ns()` when it was allocated.
@@ -93,7 +89,6 @@ static BUCKETS_TABLE: [Bucket; BUCKETS] = [const {
 static RECORDS: Records = Records(UnsafeCell::new(
     [Record {
         site: 0,
-        offset: 0,
         weight_fx: 0,
         born_ns: 0,
         size: 0,
@@ -255,7 +250,6 @@ mod tests {
         let p = page(1);
         let rec = Record {
             site: 7,
-            offset: 16,
             weight_fx: 300,
             born_ns: 42,
             size: 10,

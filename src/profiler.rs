@@ -17,12 +17,6 @@ use crate::{clock, labels, sampler, stack};
 
 /// A global allocator that samples the allocations it passes to `A`.
 ///
-/// Blocks are freed and reallocated through the `Profiler` like any global
-/// allocator's. A sampled block is handed out page-aligned from inside a
-/// slightly larger block of `A`'s, so its pointer is not one `A` returned:
-/// `A`'s own extensions that take a pointer (jemalloc's `usable_size`,
-/// `sallocx`) must not be called on pointers from the `Profiler`.
-///
 /// ```no_run
 /// #[global_allocator]
 /// static ALLOC: heapprof::Profiler<std::alloc::System> =
@@ -44,22 +38,10 @@ impl<A> Profiler<A> {
     }
 }
 
-/// The layout a sampled allocation is made with: the caller's, padded so
-/// that a page-aligned block of the caller's size fits inside it.
-///
-/// The block is aligned by hand rather than by asking the inner allocator
-/// for page alignment: jemalloc serves page-aligned requests of its large
-/// sizes outside its thread cache, under an arena lock, which made that
-/// the largest single cost of a sample. The padding is at most
-/// `TAG_ALIGN - align` bytes, under 4 KiB per live sample. A caller that
-/// asks for page alignment or more gets its own layout, unpadded.
+/// The layout a sampled allocation is made with: same size, page-aligned.
 #[inline]
-fn padded(layout: Layout) -> Option<Layout> {
-    if layout.align() >= TAG_ALIGN {
-        return Some(layout);
-    }
-    let size = layout.size().checked_add(TAG_ALIGN - layout.align())?;
-    Layout::from_size_align(size, layout.align()).ok()
+fn tagged(layout: Layout) -> Option<Layout> {
+    Layout::from_size_align(layout.size(), layout.align().max(TAG_ALIGN)).ok()
 }
 
 impl<A: GlobalAlloc> Profiler<A> {
@@ -82,41 +64,34 @@ impl<A: GlobalAlloc> Profiler<A> {
         let Some(_guard) = Reentrancy::enter() else {
             return plain(&self.inner);
         };
-        let Some(padded_layout) = padded(layout) else {
+        let Some(tagged_layout) = tagged(layout) else {
             return plain(&self.inner);
         };
         let mut frames = [0usize; MAX_DEPTH];
         let depth = stack::capture(&mut frames);
         let site = site_table::intern(&frames[..depth], labels::current_id());
-        // SAFETY: at least the caller's non-zero size, a valid alignment.
-        let raw = unsafe {
+        // SAFETY: same size as the caller's non-zero layout, valid alignment.
+        let p = unsafe {
             if zeroed {
-                self.inner.alloc_zeroed(padded_layout)
+                self.inner.alloc_zeroed(tagged_layout)
             } else {
-                self.inner.alloc(padded_layout)
+                self.inner.alloc(tagged_layout)
             }
         };
-        if raw.is_null() {
-            return raw;
+        if p.is_null() {
+            return p;
         }
-        let offset = raw.align_offset(TAG_ALIGN);
-        // SAFETY: raw is aligned to layout.align(), so the next page
-        // boundary is at most TAG_ALIGN - align bytes in, and the padded
-        // block extends that far past the caller's size (or, for page
-        // alignment and more, raw is page-aligned and offset is 0).
-        let p = unsafe { raw.add(offset) };
         let weight_fx = sampler::weight_fx(layout.size(), rate);
         let record = Record {
             site,
-            offset: offset as u32,
             weight_fx,
             born_ns: clock::monotonic_ns(),
             size: layout.size() as u64,
         };
         if !live_table::insert(p, record) {
             // No room to remember it: give the block back, allocate plainly.
-            // SAFETY: raw was just allocated with padded_layout.
-            unsafe { self.inner.dealloc(raw, padded_layout) };
+            // SAFETY: p was just allocated with tagged_layout.
+            unsafe { self.inner.dealloc(p, tagged_layout) };
             return plain(&self.inner);
         }
         site_table::record_alloc(site, layout.size(), weight_fx);
@@ -130,14 +105,10 @@ impl<A: GlobalAlloc> Profiler<A> {
         match live_table::remove(ptr) {
             Some(record) => {
                 site_table::record_free(record.site, layout.size(), record.weight_fx);
-                let inner_layout = padded(layout).unwrap_or(layout);
-                // SAFETY: alloc_sampled handed out ptr `record.offset`
-                // bytes into a block it allocated with exactly this padded
-                // layout (a function of the caller's layout alone).
-                unsafe {
-                    self.inner
-                        .dealloc(ptr.sub(record.offset as usize), inner_layout)
-                }
+                let inner_layout = tagged(layout).unwrap_or(layout);
+                // SAFETY: ptr was allocated by alloc_sampled with exactly
+                // this tagged layout (same size, raised alignment).
+                unsafe { self.inner.dealloc(ptr, inner_layout) }
             }
             // SAFETY: not sampled (only its owner could have removed it),
             // so allocated by inner with `layout`.
@@ -171,12 +142,11 @@ impl<A: GlobalAlloc> Profiler<A> {
 }
 
 // SAFETY: every method either forwards to `inner` with the caller's layout,
-// or (sampled allocations) allocates the padded layout, hands out the first
-// page-aligned address inside it and records that pointer with its offset
-// in live_table, whose lookup on free/realloc restores the exact block and
-// layout. Pointers handed out satisfy the caller's layout: page alignment
-// is a multiple of any smaller power-of-two alignment, and the padded
-// block holds the caller's size past that address.
+// or (sampled allocations) uses a layout of the same size with alignment
+// raised to TAG_ALIGN and records the pointer in live_table, whose lookup on
+// free/realloc restores that exact layout. Pointers handed out satisfy the
+// caller's layout because the raised alignment is a multiple of the
+// requested one.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
