@@ -65,27 +65,9 @@ fn main() {
     .any(|n| wanted(n));
     let programs = build_programs(with_prof, with_fp);
     let plain = |bin: &str| Ok(programs.plain.join(bin));
-    let fp = |bin: &str| {
-        programs
-            .fp
-            .as_ref()
-            .map(|d| d.join(bin))
-            .map_err(|e| format!("frame-pointer build failed: {e}"))
-    };
-    let prof = |bin: &str| {
-        programs
-            .prof
-            .as_ref()
-            .map(|d| d.join(bin))
-            .map_err(|e| format!("prof build failed: {e}"))
-    };
-    let prof_fp = |bin: &str| {
-        programs
-            .prof_fp
-            .as_ref()
-            .map(|d| d.join(bin))
-            .map_err(|e| format!("prof build failed: {e}"))
-    };
+    let fp = |bin: &str| built(&programs.fp, "frame-pointer", bin);
+    let prof = |bin: &str| built(&programs.prof, "prof", bin);
+    let prof_fp = |bin: &str| built(&programs.prof_fp, "prof", bin);
     let configs: Vec<Config> = vec![
         Config {
             name: "jemalloc",
@@ -264,6 +246,13 @@ fn main() {
     for line in ratio_lines {
         println!("{line}");
     }
+}
+
+/// `bin` of a build that may have failed: its path, or why there is none.
+fn built(dir: &Result<PathBuf, String>, build: &str, bin: &str) -> Result<PathBuf, String> {
+    dir.as_ref()
+        .map(|d| d.join(bin))
+        .map_err(|e| format!("{build} build failed: {e}"))
 }
 
 /// Runs one measurement: ns per operation, and the unwinder a heapprof

@@ -13,22 +13,12 @@ use std::hint::black_box;
 
 mod sites;
 
+mod malloc_conf;
+
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// `const char *malloc_conf` (see jemalloc_prof.rs).
-#[repr(transparent)]
-pub struct ConfPtr(*const u8);
-// SAFETY: points to an immutable static string.
-unsafe impl Sync for ConfPtr {}
-
-#[used]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: ConfPtr = ConfPtr(
-    c"prof:true,prof_active:true,prof_accum:true,lg_prof_sample:19"
-        .as_ptr()
-        .cast(),
-);
+malloc_conf::malloc_conf!(c"prof:true,prof_active:true,prof_accum:true,lg_prof_sample:19");
 
 fn symbol(addr: usize) -> Option<usize> {
     let mut found = None;

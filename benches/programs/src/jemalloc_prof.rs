@@ -1,27 +1,15 @@
 //! jemalloc's own heap profiler, configured as jemalloc_pprof users do:
 //! `prof:true,prof_active:true,lg_prof_sample:19` (one sample per 512 KiB
-//! on average). tikv-jemalloc-sys builds jemalloc with the `_rjem_` prefix,
-//! so its `malloc_conf` symbol is `_rjem_malloc_conf` (the environment
-//! variable would be `_RJEM_MALLOC_CONF`).
+//! on average), set through `_rjem_malloc_conf` (`malloc_conf.rs`).
 #[path = "workload.rs"]
 mod workload;
+
+mod malloc_conf;
 
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// `const char *malloc_conf`, read by jemalloc at initialisation.
-#[repr(transparent)]
-pub struct ConfPtr(*const u8);
-// SAFETY: points to an immutable static string.
-unsafe impl Sync for ConfPtr {}
-
-#[used]
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: ConfPtr = ConfPtr(
-    c"prof:true,prof_active:true,lg_prof_sample:19"
-        .as_ptr()
-        .cast(),
-);
+malloc_conf::malloc_conf!(c"prof:true,prof_active:true,lg_prof_sample:19");
 
 fn main() {
     // Refuse to measure a jemalloc whose profiler is not on.
