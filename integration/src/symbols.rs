@@ -35,39 +35,29 @@ pub enum SymbolError {
 }
 
 /// Defined function symbols of one ELF file, sorted by address.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ElfSymbols {
     /// `(address, size, name)`, sorted by address.
     funcs: Vec<(u64, u64, String)>,
     /// `(file offset, virtual address, file size)` of `PT_LOAD` segments.
     segments: Vec<(u64, u64, u64)>,
-    /// The first bytes of the allocator functions, by name (for probe
-    /// placement).
+    /// The first bytes of the functions asked for in
+    /// [`ElfSymbols::read_with_prologues`], by name (for probe placement).
     prologues: HashMap<String, [u8; PROLOGUE_BYTES]>,
 }
 
 /// How many first bytes of a function [`ElfSymbols::prologue`] keeps.
 pub const PROLOGUE_BYTES: usize = 16;
 
-/// Whether [`ElfSymbols::prologue`] keeps the first bytes of `name`: glibc's
-/// and tikv-jemallocator's allocator entry points, which verify probes.
-fn keeps_prologue(name: &str) -> bool {
-    name.starts_with("_rjem_")
-        || matches!(
-            name,
-            "malloc"
-                | "calloc"
-                | "realloc"
-                | "free"
-                | "posix_memalign"
-                | "aligned_alloc"
-                | "memalign"
-        )
-}
-
 impl ElfSymbols {
     /// Reads the symbols of the ELF file at `path`.
     pub fn read(path: &str) -> Result<Self, SymbolError> {
+        Self::read_with_prologues(path, &[])
+    }
+
+    /// Reads the symbols of the ELF file at `path`, keeping the first
+    /// [`PROLOGUE_BYTES`] of each function named in `prologues_of`.
+    pub fn read_with_prologues(path: &str, prologues_of: &[&str]) -> Result<Self, SymbolError> {
         let data = std::fs::read(path).map_err(|source| SymbolError::Read {
             path: path.to_string(),
             source,
@@ -92,7 +82,10 @@ impl ElfSymbols {
             })
             .collect();
         let mut prologues = HashMap::new();
-        for (addr, _, name) in funcs.iter().filter(|f| keeps_prologue(&f.2)) {
+        for (addr, _, name) in funcs
+            .iter()
+            .filter(|f| prologues_of.contains(&f.2.as_str()))
+        {
             let bytes = file
                 .sections()
                 .find_map(|sec| sec.data_range(*addr, PROLOGUE_BYTES as u64).ok().flatten());
@@ -208,10 +201,11 @@ mod tests {
             .iter()
             .find(|m| m.path.contains("libc.so"))
             .expect("test binary links glibc");
-        let elf = ElfSymbols::read(&libc.path).unwrap();
+        let elf = ElfSymbols::read_with_prologues(&libc.path, &["free"]).unwrap();
         assert!(elf.has("malloc") && elf.has("free"));
         assert!(!elf.has("_rjem_malloc"));
         assert!(elf.prologue("free").is_some());
+        assert!(elf.prologue("malloc").is_none(), "only the names asked for");
         assert!(ElfSymbols::read("/nonexistent").is_err());
     }
 }

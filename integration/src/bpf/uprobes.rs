@@ -268,14 +268,14 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// Which file provides each family in process `pid`: `(family index, path)`.
 fn targets(pid: u32, maps: &[Mapping]) -> Vec<(usize, String, ElfSymbols)> {
-    let mut out = Vec::new();
+    // Probe placement needs the first bytes of every entry point probed.
+    let probed: Vec<&str> = FAMILIES
+        .iter()
+        .flat_map(|f| f.symbols.iter().map(|&(name, _)| name))
+        .collect();
+    let read = |path: &str| ElfSymbols::read_with_prologues(path, &probed).ok();
     let exe = format!("/proc/{pid}/exe");
-    let exe_syms = ElfSymbols::read(&exe).ok();
-    if let Some(syms) = &exe_syms
-        && (syms.has("_rjem_malloc") || syms.has("_rjem_mallocx"))
-    {
-        out.push((1, exe.clone(), ElfSymbols::read(&exe).unwrap_or_default()));
-    }
+    let exe_syms = read(&exe);
     let libc = maps
         .iter()
         .find(|m| {
@@ -283,9 +283,15 @@ fn targets(pid: u32, maps: &[Mapping]) -> Vec<(usize, String, ElfSymbols)> {
             base.starts_with("libc.so") || base.starts_with("libc-")
         })
         .map(|m| format!("/proc/{pid}/root{}", m.path));
+    let mut out = Vec::new();
+    if let Some(syms) = &exe_syms
+        && (syms.has("_rjem_malloc") || syms.has("_rjem_mallocx"))
+    {
+        out.push((1, exe.clone(), syms.clone()));
+    }
     match (libc, exe_syms) {
         (Some(path), _) => {
-            if let Ok(syms) = ElfSymbols::read(&path) {
+            if let Some(syms) = read(&path) {
                 out.push((0, path, syms));
             }
         }
