@@ -109,7 +109,7 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let _guard = std::env::var_os("HEAPPROF_DUMP_DIR").and_then(|dir| {
-        match heapprof::oom_guard::start_from_env() {
+        match heapprof::OomGuardConfig::from_env().and_then(heapprof::OomGuardConfig::start) {
             Ok(guard) => {
                 eprintln!(
                     "list_spike: OOM guard on: profiles go to {} at 80/90/95% of {} bytes",

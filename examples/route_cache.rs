@@ -117,7 +117,7 @@ fn main() {
             std::process::exit(1);
         });
         println!("listening on http://{bound}");
-        heapprof::history::start(args.history_interval)
+        heapprof::start_history(args.history_interval)
     });
 
     let mut cache = RouteCache::new(args.cache);

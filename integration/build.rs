@@ -1,5 +1,8 @@
-//! Compiles the eBPF programs in `bpf/` with clang (see EBPF-NOTES: the Rust
-//! eBPF toolchain does not build here) into `OUT_DIR`.
+//! Compiles the eBPF programs in `bpf/` with clang into `OUT_DIR`. They are
+//! C because Rust eBPF programs (aya-ebpf) need the nightly-only
+//! `-Z build-std=core` for the bpf target, which a stable toolchain lacks;
+//! clang with libbpf's headers (`bpf_helpers.h`, `bpf_tracing.h`) builds
+//! them in a fraction of a second.
 
 use std::path::PathBuf;
 use std::process::Command;

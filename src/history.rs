@@ -1,16 +1,16 @@
 //! Growth history and leak suspects.
 //!
 //! A single profile shows what is big; a leak is what keeps growing and
-//! never dies. [`start`] runs a background recorder (opt-in) that takes a
+//! never dies. [`start_history`] runs a background recorder (opt-in) that takes a
 //! snapshot (counters only, no symbolization) every `interval` and keeps
 //! each site's estimated in-use bytes over a sliding window of
-//! [`WINDOW_POINTS`] points. [`leak_suspects`] fits a line to each site's
+//! `WINDOW_POINTS` points. [`leak_suspects`] fits a line to each site's
 //! series (least squares over time) and ranks the sites that grew steadily:
 //! slope in bytes per minute, steadiness as R². A site that allocates a lot
 //! but frees it all stays flat and is never a suspect.
 //!
-//! Memory is bounded: at most [`MAX_TRACKED_SITES`] sites (the largest at
-//! each point), each with at most [`WINDOW_POINTS`] values.
+//! Memory is bounded: at most `MAX_TRACKED_SITES` (2048) sites, the largest
+//! at each point, each with at most `WINDOW_POINTS` (120) values.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::reentrancy::untracked;
-use crate::symbolize::Frame;
+use crate::Frame;
+use crate::alloc::reentrancy::untracked;
 
 /// Points kept per site.
-pub const WINDOW_POINTS: usize = 120;
+const WINDOW_POINTS: usize = 120;
 /// Sites tracked at most.
-pub const MAX_TRACKED_SITES: usize = 2048;
+const MAX_TRACKED_SITES: usize = 2048;
 /// A suspect's fit must explain at least this much of the variance.
-pub const MIN_R_SQUARED: f64 = 0.8;
+const MIN_R_SQUARED: f64 = 0.8;
 
 struct Series {
     site: crate::Site,
@@ -77,7 +77,7 @@ impl Drop for HistoryGuard {
 ///
 /// # Panics
 /// If the thread cannot be spawned (`heapprof:` message).
-pub fn start(interval: Duration) -> HistoryGuard {
+pub fn start_history(interval: Duration) -> HistoryGuard {
     let interval = interval.max(Duration::from_millis(10));
     *RECORDER.lock() = Some(Recorder {
         started: Instant::now(),
@@ -101,8 +101,8 @@ pub fn start(interval: Duration) -> HistoryGuard {
     }
 }
 
-/// Records one point now (the recorder thread calls this; tests may too).
-pub fn record_now() {
+/// Records one point now (the recorder thread calls this).
+fn record_now() {
     untracked(|| {
         let snap = crate::snapshot();
         let mut guard = RECORDER.lock();
@@ -129,6 +129,7 @@ pub fn record_now() {
 
 /// A site whose in-use bytes grew steadily over the window.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LeakSuspect {
     /// Site id (stable for the process's life).
     pub site_id: u32,
@@ -151,12 +152,12 @@ pub struct LeakSuspect {
 }
 
 /// The recorder's interval, if it was started.
-pub fn interval() -> Option<Duration> {
+pub fn history_interval() -> Option<Duration> {
     RECORDER.lock().as_ref().map(|r| r.interval)
 }
 
 /// Sites that grew steadily over the window, fastest first. A site
-/// qualifies with at least 4 points, R² ≥ [`MIN_R_SQUARED`], and growth
+/// qualifies with at least 4 points, R² ≥ 0.8, and growth
 /// above the noise: at least 8 sample periods (`8 × sample rate` bytes),
 /// so that a handful of samples cannot make a suspect.
 pub fn leak_suspects() -> Vec<LeakSuspect> {

@@ -1,35 +1,73 @@
-#![doc = include_str!("../README.md")]
+//! heapprof: a sampling heap profiler that a Rust service embeds to find
+//! its own memory leaks in production.
+//!
+//! [`Profiler`] wraps any global allocator. It samples allocations by bytes
+//! the way Go's runtime does (a Poisson process with a mean of
+//! [`DEFAULT_SAMPLE_RATE`] bytes between samples), records the call stack of
+//! each sampled allocation, and keeps unbiased estimates of allocated and
+//! in-use objects and bytes per call site. A [`Snapshot`] of that state
+//! encodes as a Go-compatible pprof heap profile that `go tool pprof`,
+//! Parca and Pyroscope read as they are.
+//!
+//! ```no_run
+//! #[global_allocator]
+//! static ALLOC: heapprof::Profiler<std::alloc::System> =
+//!     heapprof::Profiler::new(std::alloc::System);
+//!
+//! fn main() -> std::io::Result<()> {
+//!     // ... the service runs ...
+//!     let snap = heapprof::snapshot(); // consistent per call site
+//!     std::fs::write("heap.pb.gz", snap.to_pprof())?; // gzipped profile.proto
+//!     print!("{}", snap.to_text()); // Go's ?debug=1 text format
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The `heapprof-http` crate serves these profiles at `/debug/pprof/heap`
+//! like Go's `net/http/pprof`.
+//!
+//! Beyond the profile itself:
+//! - [`peak_snapshot`]: the heap at its high-water mark, after the spike is
+//!   gone;
+//! - [`snapshot_older_than`]: in-use values of allocations at least that old;
+//! - [`with_labels`]: allocations charged to a component, for
+//!   `go tool pprof -tagfocus`;
+//! - [`start_history`] and [`leak_suspects`]: call sites that grow steadily;
+//! - [`OomGuardConfig`]: profiles written to disk before the memory
+//!   cgroup's limit is reached.
+//!
+//! # Costs
+//! The unsampled path of every allocation is one thread-local subtract and
+//! a branch (one more alignment test on free). A sample costs a stack
+//! capture ([`unwinder`]), and the profiler's tables live outside the heap
+//! (see [`Stats::own_memory_bytes`]). Building a profile symbolizes only
+//! the addresses it contains.
+
 #![warn(missing_docs)]
 
-mod cgroup;
-mod clock;
-mod config;
-mod frame_pointer;
-pub mod history;
+mod alloc;
+mod history;
 mod labels;
-mod live_table;
-mod mappings;
-pub mod oom_guard;
-mod peak;
-mod pprof;
-mod profiler;
-mod reentrancy;
-mod sampler;
-mod site_table;
-mod snapshot;
-mod spin;
-mod stack;
-mod symbolize;
-mod text;
+mod oom_guard;
+mod profile;
+#[doc(hidden)]
+pub mod sys;
+#[doc(hidden)]
+pub mod wire;
 
-pub use config::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate};
-pub use labels::{LabelGuard, LabelsExt, MAX_LABEL_SETS, WithLabels, set_labels, with_labels};
-pub use peak::{peak_inuse_bytes, reset_peak};
-pub use pprof::SITE_TABLE_FULL;
-pub use profiler::Profiler;
-pub use snapshot::{
-    PprofOptions, SampleType, SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType,
-    peak_snapshot, snapshot, snapshot_older_than, stats,
+pub use alloc::Profiler;
+pub use alloc::config::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate};
+pub use alloc::peak::{peak_inuse_bytes, reset_peak};
+pub use alloc::stack::{Unwinder, unwinder};
+pub use history::{HistoryGuard, LeakSuspect, history_interval, leak_suspects, start_history};
+pub use labels::{LabelGuard, LabelsExt, WithLabels, set_labels, with_labels};
+pub use oom_guard::{OomGuard, OomGuardConfig, OomGuardError};
+pub use profile::{
+    Frame, PprofOptions, SITE_TABLE_FULL, SampleType, SampledCounts, Site, Snapshot, Stats, Totals,
+    UnknownSampleType, is_plumbing, peak_snapshot, snapshot, snapshot_older_than, stats,
 };
-pub use stack::{AUTO_CHECKS, SPOT_CHECK_EVERY, Unwinder, unwinder};
-pub use symbolize::{Frame, is_plumbing};
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -31,8 +31,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cgroup;
-use crate::reentrancy::untracked;
+use crate::alloc::reentrancy::untracked;
+use crate::sys::files::{self, FileError};
+use crate::sys::fs::Fs;
+use crate::sys::{cgroup, procfs};
 
 /// Errors starting the guard.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +44,17 @@ pub enum OomGuardError {
         "heapprof oom_guard: the process has no memory limit (no limited memory cgroup); set OomGuardConfig::limit_bytes"
     )]
     NoLimit,
-    /// The dump directory cannot be created.
-    #[error("heapprof oom_guard: cannot create dump directory {path}")]
+    /// The dump directory cannot be created, or is not private to this
+    /// user (see [`OomGuardConfig::new`]).
+    #[error("heapprof oom_guard: cannot use dump directory {path}")]
     Dir {
         /// The directory.
         path: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
-    /// `HEAPPROF_DUMP_DIR` is not set (for [`start_from_env`]).
+    /// `HEAPPROF_DUMP_DIR` is not set (for [`OomGuardConfig::from_env`]).
     #[error("heapprof oom_guard: HEAPPROF_DUMP_DIR is not set")]
     NoDir,
     /// The watcher thread could not be started.
@@ -120,6 +123,26 @@ impl OomGuardConfig {
         self.reserve_bytes = bytes;
         self
     }
+
+    /// Defaults with the directory from `HEAPPROF_DUMP_DIR` (required) and
+    /// an absolute limit from `HEAPPROF_DUMP_LIMIT_BYTES` (optional).
+    pub fn from_env() -> Result<Self, OomGuardError> {
+        let dir = std::env::var_os("HEAPPROF_DUMP_DIR").ok_or(OomGuardError::NoDir)?;
+        let mut config = OomGuardConfig::new(dir);
+        if let Some(limit) = std::env::var("HEAPPROF_DUMP_LIMIT_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config = config.limit_bytes(limit);
+        }
+        Ok(config)
+    }
+
+    /// Starts watching on a background thread named `heapprof-oom-guard`;
+    /// dropping the returned guard stops it.
+    pub fn start(self) -> Result<OomGuard, OomGuardError> {
+        start(self)
+    }
 }
 
 /// Stops the watcher when dropped.
@@ -143,65 +166,49 @@ impl Drop for OomGuard {
             t.thread().unpark();
             let _ = t.join();
         }
-        crate::symbolize::keep_resolver_cache(false);
+        crate::profile::symbolize::keep_resolver_cache(false);
     }
-}
-
-/// Starts the guard with defaults from the environment: `HEAPPROF_DUMP_DIR`
-/// (required), `HEAPPROF_DUMP_LIMIT_BYTES` (optional absolute limit).
-pub fn start_from_env() -> Result<OomGuard, OomGuardError> {
-    let dir = std::env::var_os("HEAPPROF_DUMP_DIR").ok_or(OomGuardError::NoDir)?;
-    let mut config = OomGuardConfig::new(dir);
-    if let Some(limit) = std::env::var("HEAPPROF_DUMP_LIMIT_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        config = config.limit_bytes(limit);
-    }
-    start(config)
 }
 
 /// What memory reading the guard uses.
 enum Source {
-    Cgroup(cgroup::MemoryCgroup),
+    /// The memory cgroup's directory: its working set.
+    Cgroup(String),
+    /// The process's resident set size.
     Rss,
 }
 
 impl Source {
     fn used(&self) -> Option<u64> {
         match self {
-            Source::Cgroup(cg) => cgroup::read(cg).ok().map(|r| r.working_set),
-            Source::Rss => rss_bytes(),
+            Source::Cgroup(dir) => cgroup::read(&Fs::real(), dir, 0)
+                .ok()
+                .map(|c| c.working_set),
+            Source::Rss => Some(procfs::self_status().vm_rss).filter(|&rss| rss > 0),
         }
     }
 }
 
-fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
-/// Starts watching. Builds one profile now (symbol cache) and reserves
-/// memory; see the module docs.
-pub fn start(config: OomGuardConfig) -> Result<OomGuard, OomGuardError> {
-    std::fs::create_dir_all(&config.dir).map_err(|source| OomGuardError::Dir {
+/// Starts watching; see the module docs.
+fn start(config: OomGuardConfig) -> Result<OomGuard, OomGuardError> {
+    files::create_private_dir(&config.dir).map_err(|source| OomGuardError::Dir {
         path: config.dir.clone(),
         source,
     })?;
-    let cg = cgroup::current();
+    let fs = Fs::real();
+    let cg = cgroup::dir_of_self(&fs);
     let cg_limit = cg
-        .as_ref()
-        .and_then(|c| cgroup::read(c).ok())
-        .and_then(|r| r.limit);
+        .as_deref()
+        .and_then(|dir| cgroup::read(&fs, dir, 0).ok())
+        .and_then(|c| c.limit);
     let (source, limit) = match (config.limit_bytes, cg, cg_limit) {
         (Some(limit), Some(cg), Some(_)) => (Source::Cgroup(cg), limit),
         (Some(limit), _, _) => (Source::Rss, limit),
         (None, Some(cg), Some(limit)) => (Source::Cgroup(cg), limit),
         (None, _, _) => return Err(OomGuardError::NoLimit),
     };
-    crate::symbolize::keep_resolver_cache(true);
-    crate::snapshot::warm_symbols();
+    crate::profile::symbolize::keep_resolver_cache(true);
+    crate::profile::warm_symbols();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -255,23 +262,18 @@ fn dump(config: &OomGuardConfig, t: f64) {
     let pct = (t * 100.0).round() as u32;
     let pid = std::process::id();
     let name = |kind: &str| format!("heapprof-{pid}-{ms:015}-{pct:03}pct-{kind}.pb.gz");
-    write_atomically(
-        &config.dir.join(name("current")),
-        &crate::snapshot().to_pprof(),
-    );
+    write(config, &name("current"), &crate::snapshot().to_pprof());
     if let Some(peak) = crate::peak_snapshot() {
-        write_atomically(&config.dir.join(name("peak")), &peak.to_pprof());
+        write(config, &name("peak"), &peak.to_pprof());
     }
     prune(&config.dir, config.keep);
 }
 
-/// Writes via a temporary name and a rename, so readers never see half a
-/// profile. Errors are reported on stderr: there is no caller to return to.
-fn write_atomically(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        eprintln!("heapprof oom_guard: cannot write {}: {e}", path.display());
+/// Writes a dump privately and atomically (`sys::files`). Errors are
+/// reported on stderr: there is no caller to return to.
+fn write(config: &OomGuardConfig, name: &str, bytes: &[u8]) {
+    if let Err(e) = files::write_atomically(&config.dir, name, bytes) {
+        eprintln!("heapprof oom_guard: cannot write a dump: {e}");
     }
 }
 

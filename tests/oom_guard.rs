@@ -38,15 +38,14 @@ fn crossing_thresholds_writes_current_and_peak_profiles() {
     let dir = std::env::temp_dir().join(format!("heapprof-oom-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let limit = rss() + (160 << 20);
-    let guard = heapprof::oom_guard::start(
-        heapprof::oom_guard::OomGuardConfig::new(&dir)
-            .limit_bytes(limit)
-            .thresholds(&[0.8, 0.9])
-            .interval(Duration::from_millis(20))
-            .reserve_bytes(4 << 20)
-            .keep(3),
-    )
-    .expect("guard starts");
+    let guard = heapprof::OomGuardConfig::new(&dir)
+        .limit_bytes(limit)
+        .thresholds(&[0.8, 0.9])
+        .interval(Duration::from_millis(20))
+        .reserve_bytes(4 << 20)
+        .keep(3)
+        .start()
+        .expect("guard starts");
     assert_eq!(guard.limit(), limit);
 
     let mut kept = Vec::new();

@@ -105,11 +105,21 @@ impl Agent {
     }
 }
 
+/// Writes `<dir>/<pid>` privately, without following symlinks
+/// (`heapprof::sys::files`).
 fn write_port_file(dir: &Path, port: u16) -> Result<PathBuf> {
-    let failed = crate::discovery::write_error;
-    crate::discovery::create_private_dir(dir)?;
-    let path = dir.join(std::process::id().to_string());
-    std::fs::write(&path, port.to_string()).map_err(failed(&path))?;
+    use heapprof::sys::files;
+    let failed = |e: files::FileError| Error::Write {
+        path: dir.to_owned(),
+        source: Arc::new(std::io::Error::other(e)),
+    };
+    files::create_private_dir(dir).map_err(failed)?;
+    let path = files::write_atomically(
+        dir,
+        &std::process::id().to_string(),
+        port.to_string().as_bytes(),
+    )
+    .map_err(failed)?;
     PORT_FILES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -206,7 +216,8 @@ pub(crate) fn mem_stats() -> String {
             format!("jemalloc-metadata: {} bytes", j.metadata),
         ]);
     }
-    if let Some(rss) = crate::procfs::status().rss_bytes {
+    let rss = heapprof::sys::procfs::self_status().vm_rss;
+    if rss > 0 {
         lines.push(format!("rss: {rss} bytes"));
     }
     lines.join("\n") + "\n"
@@ -215,9 +226,7 @@ pub(crate) fn mem_stats() -> String {
 /// gops' `stats`: threads and CPUs, plus the profiler's bounds.
 pub(crate) fn stats() -> String {
     let stats = heapprof::stats();
-    let threads = crate::procfs::status()
-        .threads
-        .map_or_else(|| "unknown".to_owned(), |t| t.to_string());
+    let threads = heapprof::sys::procfs::self_status().threads;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
         "OS threads: {threads}\nnum CPU: {cpus}\nheapprof sites: {} of {}\n\

@@ -49,7 +49,6 @@ pub mod gops;
 mod jemalloc;
 mod metrics;
 mod params;
-mod procfs;
 mod router;
 mod routes;
 mod serve;

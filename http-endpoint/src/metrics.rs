@@ -94,56 +94,53 @@ pub fn render() -> String {
     );
     #[cfg(feature = "jemalloc")]
     if let Some(j) = crate::jemalloc::stats() {
+        use heapprof::wire::metric;
         for (name, help, value) in [
             (
-                "allocated",
-                "Bytes allocated by the application (stats.allocated).",
+                metric::JEMALLOC_ALLOCATED,
+                "jemalloc: Bytes allocated by the application (stats.allocated).",
                 j.allocated,
             ),
-            ("active", "Bytes in active pages (stats.active).", j.active),
             (
-                "resident",
-                "Bytes in physically resident allocator pages (stats.resident).",
+                metric::JEMALLOC_ACTIVE,
+                "jemalloc: Bytes in active pages (stats.active).",
+                j.active,
+            ),
+            (
+                metric::JEMALLOC_RESIDENT,
+                "jemalloc: Bytes in physically resident allocator pages (stats.resident).",
                 j.resident,
             ),
             (
-                "mapped",
-                "Bytes in active extents mapped by the allocator (stats.mapped).",
+                metric::JEMALLOC_MAPPED,
+                "jemalloc: Bytes in active extents mapped by the allocator (stats.mapped).",
                 j.mapped,
             ),
             (
-                "retained",
-                "Bytes of virtual memory retained, not returned to the OS (stats.retained).",
+                metric::JEMALLOC_RETAINED,
+                "jemalloc: Bytes of virtual memory retained, not returned to the OS (stats.retained).",
                 j.retained,
             ),
             (
-                "metadata",
-                "Bytes of allocator metadata (stats.metadata).",
+                metric::JEMALLOC_METADATA,
+                "jemalloc: Bytes of allocator metadata (stats.metadata).",
                 j.metadata,
             ),
         ] {
-            out.gauge(
-                &format!("heapprof_jemalloc_{name}_bytes"),
-                &format!("jemalloc: {help}"),
-                value,
-            );
+            out.gauge(name, help, value);
         }
     }
-    let process = crate::procfs::status();
-    if let Some(rss) = process.rss_bytes {
-        out.gauge(
-            "heapprof_process_resident_memory_bytes",
-            "Resident set size of the process (VmRSS of /proc/self/status).",
-            rss,
-        );
-    }
-    if let Some(threads) = process.threads {
-        out.gauge(
-            "heapprof_process_threads",
-            "Threads of the process (/proc/self/status).",
-            threads,
-        );
-    }
+    let process = heapprof::sys::procfs::self_status();
+    out.gauge(
+        "heapprof_process_resident_memory_bytes",
+        "Resident set size of the process (/proc/self/status).",
+        process.vm_rss,
+    );
+    out.gauge(
+        "heapprof_process_threads",
+        "Threads of the process (/proc/self/status).",
+        process.threads,
+    );
     out.0
 }
 

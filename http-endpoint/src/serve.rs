@@ -24,7 +24,8 @@ const BLOCKING_THREADS: usize = 8;
 
 /// Serves [`crate::router`] (settings from [`Config::from_env`]) on `addr`
 /// from a background thread for the rest of the process's life, and
-/// announces it for discovery. Port 0 picks a free port; the bound
+/// announces it for discovery (when the discovery directory is
+/// trusted; otherwise with one warning on stderr). Port 0 picks a free port; the bound
 /// address is returned. [`cleanup`] removes the discovery file before a
 /// clean exit.
 pub fn spawn<A: ToSocketAddrs + Debug>(addr: A) -> Result<SocketAddr> {
@@ -154,7 +155,16 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
         })
         .map_err(started)?;
     let announce = if config.announce {
-        Some(announce_in(&config.announce_dir(), bound)?)
+        // Serving matters more than being listed: a directory another user
+        // controls (or any failure to write) costs the announcement only.
+        announce_in(&config.announce_dir(), bound)
+            .map_err(|e| {
+                eprintln!(
+                    "heapprof-http: serving on {bound} without a discovery file \
+                     (`heapprof ps` will not list this process): {e}"
+                )
+            })
+            .ok()
     } else {
         None
     };

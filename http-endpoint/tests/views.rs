@@ -113,7 +113,7 @@ fn peak_min_age_and_leaks_views() {
     assert_eq!(r.status, 200);
     let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(json["recording"], false);
-    let history = heapprof::history::start(Duration::from_millis(50));
+    let history = heapprof::start_history(Duration::from_millis(50));
     let mut store = Vec::new();
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {

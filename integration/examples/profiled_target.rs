@@ -59,18 +59,8 @@ fn serve(listener: TcpListener) {
 fn main() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let dir = heapprof_cli::discovery::dir();
-    let _ = std::fs::create_dir_all(&dir);
-    let pid = std::process::id();
-    let cmdline: Vec<String> = std::env::args().collect();
-    let entry = heapprof_cli::discovery::Endpoint {
-        pid,
-        addr: addr.to_string(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        cmdline,
-    };
-    let file = dir.join(format!("{pid}.json"));
-    std::fs::write(&file, serde_json::to_string(&entry).expect("json")).expect("discovery");
+    let dir = heapprof::sys::discovery::dir();
+    let file = heapprof::sys::discovery::announce(&dir, addr).expect("discovery");
     // Symbolize once now, so the profile requests made while probes are
     // attached do not load debug info inside the window.
     black_box(heapprof::snapshot().to_pprof());

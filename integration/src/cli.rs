@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Find, pull and verify heapprof heap profiles of running processes.
 #[derive(Debug, Parser)]
@@ -55,7 +55,7 @@ pub enum Command {
         sample: String,
     },
     /// Leak suspects: call sites whose in-use bytes grow steadily, from the
-    /// target's growth recorder (`heapprof::history::start`).
+    /// target's growth recorder (`heapprof::start_history`).
     Leaks {
         /// PID or HOST:PORT.
         target: String,
@@ -67,42 +67,46 @@ pub enum Command {
         count: usize,
     },
     /// Hold the profiler's claims against procfs, the memory cgroup and uprobes.
-    Verify {
-        /// The process.
-        #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
-        pid: Option<u32>,
-        /// Verify a cgroup (and its children) instead of a process.
-        #[arg(long)]
-        cgroup: Option<String>,
-        /// Window, seconds: of the uprobes and tracepoints (default 5); with
-        /// --cgroup, read the cgroup and its children at both ends of it and
-        /// name the child that grew most.
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Count allocations exactly with uprobes for the window (costly).
-        #[arg(long)]
-        uprobes: bool,
-        /// Watch RSS, mmap/munmap/brk, page faults and OOM kills with
-        /// tracepoints for the window (cheap).
-        #[arg(long)]
-        kernel: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        /// Allowed disagreement, percent.
-        #[arg(long, default_value_t = 10.0)]
-        tolerance: f64,
-        /// Stacks with outstanding allocations to show.
-        #[arg(long, default_value_t = 5)]
-        top: usize,
-        /// Where the service publishes its own memory figure (Prometheus
-        /// text or JSON), to hold it against reality.
-        #[arg(long, requires = "claims_key", value_name = "URL")]
-        claims_url: Option<String>,
-        /// The metric name (Prometheus) or top-level key (JSON) of the claim.
-        #[arg(long, requires = "claims_url", value_name = "KEY")]
-        claims_key: Option<String>,
-    },
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `heapprof verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The process.
+    #[arg(required_unless_present = "cgroup", conflicts_with = "cgroup")]
+    pub pid: Option<u32>,
+    /// Verify a cgroup (and its children) instead of a process.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Window, seconds: of the uprobes and tracepoints (default 5); with
+    /// --cgroup, read the cgroup and its children at both ends of it and
+    /// name the child that grew most.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Count allocations exactly with uprobes for the window (costly).
+    #[arg(long)]
+    pub uprobes: bool,
+    /// Watch RSS, mmap/munmap/brk, page faults and OOM kills with
+    /// tracepoints for the window (cheap).
+    #[arg(long)]
+    pub kernel: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Allowed disagreement, percent.
+    #[arg(long, default_value_t = 10.0)]
+    pub tolerance: f64,
+    /// Stacks with outstanding allocations to show.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Where the service publishes its own memory figure (Prometheus
+    /// text or JSON), to hold it against reality.
+    #[arg(long, requires = "claims_key", value_name = "URL")]
+    pub claims_url: Option<String>,
+    /// The metric name (Prometheus) or top-level key (JSON) of the claim.
+    #[arg(long, requires = "claims_url", value_name = "KEY")]
+    pub claims_key: Option<String>,
 }
 
 const SAMPLE_TYPES: [&str; 4] = [

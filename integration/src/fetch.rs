@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::discovery;
+use heapprof::sys::discovery;
 
 /// Errors of fetching.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,9 @@ pub enum FetchError {
     /// The pid has no endpoint.
     #[error(transparent)]
     Discovery(#[from] discovery::DiscoveryError),
+    /// A URL that is not `http://HOST:PORT/PATH`.
+    #[error("{0}: expected http://HOST:PORT/PATH")]
+    Url(String),
     /// A file named on the command line could not be read.
     #[error("cannot read {path}: {source}")]
     File {

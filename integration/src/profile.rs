@@ -44,6 +44,14 @@ pub struct HeapProfile {
     pub ages: Vec<Option<Ages>>,
 }
 
+/// Loads the heap profile of `source` (a pid, `HOST:PORT` or a file, see
+/// [`crate::fetch::Source`]); `query` is sent to live targets.
+pub(crate) fn load(source: &str, query: &str) -> anyhow::Result<HeapProfile> {
+    use anyhow::Context;
+    let body = crate::fetch::Source::parse(source).heap_profile(query)?;
+    decode(&body).with_context(|| format!("reading {source}"))
+}
+
 /// Decodes a profile (gunzipping if needed).
 pub fn decode(bytes: &[u8]) -> Result<HeapProfile, ProfileError> {
     let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
@@ -258,20 +266,6 @@ pub fn diff(
     Ok(rows)
 }
 
-/// A stack as `leaf < caller < ...`, at most `depth` frames.
-pub fn stack_line(stack: &[String], depth: usize) -> String {
-    let mut s = stack
-        .iter()
-        .take(depth)
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(" < ");
-    if stack.len() > depth {
-        s.push_str(" < ...");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +305,7 @@ mod tests {
         let rows = diff(&old, &new, "inuse_space").unwrap();
         let deltas: Vec<i64> = rows.iter().map(|r| r.delta).collect();
         assert_eq!(deltas, vec![490, 1, -10]);
-        assert_eq!(stack_line(&rows[0].stack, 1), "a < ...");
+        assert_eq!(rows[0].stack, vec!["a", "main"]);
     }
 
     #[test]

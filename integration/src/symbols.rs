@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
-use crate::procfs::Mapping;
+use heapprof::sys::maps::Mapping;
 
 /// Errors reading an ELF file.
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +182,7 @@ impl Symbolizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::procfs::parse_maps;
+    use heapprof::sys::maps::parse_maps;
 
     #[inline(never)]
     fn marker_function_for_symbolizer() -> u64 {

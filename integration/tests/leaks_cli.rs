@@ -82,8 +82,5 @@ fn leaks_without_recorder_says_how_to_start_it() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(
-        text.contains("heapprof::history::start(interval)"),
-        "{text}"
-    );
+    assert!(text.contains("heapprof::start_history(interval)"), "{text}");
 }

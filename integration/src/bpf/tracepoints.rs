@@ -19,8 +19,9 @@ use aya::programs::TracePoint;
 use aya::programs::trace_point::TracePointLinkId;
 use aya::{Ebpf, EbpfLoader};
 
-use crate::procfs::{Mapping, parse_maps};
+use super::error::BpfError;
 use crate::symbols::Symbolizer;
+use heapprof::sys::maps::{Mapping, parse_maps};
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracepoints.bpf.o"));
 
@@ -41,10 +42,19 @@ const TRACEPOINTS: [(&str, &str, &str); 6] = [
 #[derive(Debug, thiserror::Error)]
 pub enum TracepointError {
     /// The kernel refused for lack of privilege.
-    #[error("tracepoints need root or CAP_BPF+CAP_PERFMON: {0}")]
-    Permission(String),
+    #[error("tracepoints need root or CAP_BPF+CAP_PERFMON")]
+    Permission(#[source] Box<BpfError>),
+    /// Mounting tracefs privately needs `CAP_SYS_ADMIN`.
+    #[error("tracefs is not mounted, and mounting it privately needs CAP_SYS_ADMIN: {call}")]
+    TracefsPermission {
+        /// The refused call.
+        call: &'static str,
+        /// Its error.
+        #[source]
+        source: std::io::Error,
+    },
     /// tracefs is not mounted and could not be mounted privately.
-    #[error("tracefs is not mounted and mounting it privately failed: {call}: {source}")]
+    #[error("tracefs is not mounted and mounting it privately failed: {call}")]
     Tracefs {
         /// The failing call.
         call: &'static str,
@@ -52,31 +62,31 @@ pub enum TracepointError {
         #[source]
         source: std::io::Error,
     },
-    /// Loading or attaching failed for another reason.
-    #[error("{what}: {reason}")]
-    Bpf {
-        /// What was being done.
-        what: String,
-        /// The error with its sources.
-        reason: String,
-    },
+    /// Not a process id.
+    #[error("process {0} not found")]
+    NoProcess(u32),
+    /// Loading, attaching or reading failed for another reason.
+    #[error(transparent)]
+    Bpf(Box<BpfError>),
 }
 
-fn bpf_error(what: impl Into<String>, e: impl std::error::Error) -> TracepointError {
-    let reason = super::error_chain(&e);
-    if super::is_permission(&reason) {
-        return TracepointError::Permission(reason);
-    }
-    TracepointError::Bpf {
-        what: what.into(),
-        reason,
+impl From<BpfError> for TracepointError {
+    fn from(e: BpfError) -> Self {
+        if e.is_permission() {
+            TracepointError::Permission(Box::new(e))
+        } else {
+            TracepointError::Bpf(Box::new(e))
+        }
     }
 }
 
-fn missing(name: &str) -> TracepointError {
-    TracepointError::Bpf {
-        what: name.to_string(),
-        reason: "missing from tracepoints.bpf.o".into(),
+const OBJECT: &str = "tracepoints.bpf.o";
+
+fn missing(kind: &'static str, name: &str) -> BpfError {
+    BpfError::Missing {
+        object: OBJECT,
+        kind,
+        name: name.to_string(),
     }
 }
 
@@ -95,9 +105,7 @@ fn ensure_tracefs() -> Result<(), TracepointError> {
         match rc {
             0 => Ok(()),
             _ if source.kind() == std::io::ErrorKind::PermissionDenied => {
-                Err(TracepointError::Permission(format!(
-                    "{call} (mounting tracefs privately needs CAP_SYS_ADMIN): {source}"
-                )))
+                Err(TracepointError::TracefsPermission { call, source })
             }
             _ => Err(TracepointError::Tracefs { call, source }),
         }
@@ -201,7 +209,7 @@ pub struct Session {
 impl Session {
     /// Loads and attaches the programs, filtered to `pid`.
     pub fn attach(pid: u32) -> Result<Self, TracepointError> {
-        NonZeroU32::new(pid).ok_or_else(|| missing("pid 0"))?;
+        NonZeroU32::new(pid).ok_or(TracepointError::NoProcess(pid))?;
         ensure_tracefs()?;
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
             .map(|t| parse_maps(&t))
@@ -210,19 +218,22 @@ impl Session {
             .override_global("target_tgid", &pid, true)
             .override_global("fault_sample_every", &FAULT_SAMPLE_EVERY, true)
             .load(PROGRAM)
-            .map_err(|e| bpf_error("loading tracepoints.bpf.o", e))?;
+            .map_err(|source| BpfError::Load {
+                object: OBJECT,
+                source,
+            })?;
         let mut links = Vec::new();
         for (name, category, event) in TRACEPOINTS {
             let p: &mut TracePoint = ebpf
                 .program_mut(name)
-                .ok_or_else(|| missing(name))?
+                .ok_or_else(|| missing("program", name))?
                 .try_into()
-                .map_err(|e| bpf_error(name, e))?;
+                .map_err(BpfError::program(name))?;
             p.load()
-                .map_err(|e| bpf_error(format!("loading {name}"), e))?;
+                .map_err(BpfError::program(format!("loading {name}")))?;
             let link = p
                 .attach(category, event)
-                .map_err(|e| bpf_error(format!("attaching {category}:{event}"), e))?;
+                .map_err(BpfError::program(format!("attaching {category}:{event}")))?;
             links.push((name, link));
         }
         Ok(Self {
@@ -243,15 +254,15 @@ impl Session {
                 }
             }
         }
-        let map = |name: &str| self.ebpf.map(name).ok_or_else(|| missing(name));
+        let map = |name: &str| self.ebpf.map(name).ok_or_else(|| missing("map", name));
         let rss: Array<_, RssCounter> =
-            Array::try_from(map("rss")?).map_err(|e| bpf_error("rss", e))?;
+            Array::try_from(map("rss")?).map_err(BpfError::map("rss"))?;
         let counters: Array<_, u64> =
-            Array::try_from(map("counters")?).map_err(|e| bpf_error("counters", e))?;
+            Array::try_from(map("counters")?).map_err(BpfError::map("counters"))?;
         let counts: BpfHashMap<_, u32, u64> =
-            BpfHashMap::try_from(map("fault_counts")?).map_err(|e| bpf_error("fault_counts", e))?;
-        let stacks: StackTraceMap<_> = StackTraceMap::try_from(map("fault_stacks")?)
-            .map_err(|e| bpf_error("fault_stacks", e))?;
+            BpfHashMap::try_from(map("fault_counts")?).map_err(BpfError::map("fault_counts"))?;
+        let stacks: StackTraceMap<_> =
+            StackTraceMap::try_from(map("fault_stacks")?).map_err(BpfError::map("fault_stacks"))?;
         let c = |i: u32| counters.get(&i, 0).unwrap_or(0);
         let r = |i: u32| rss.get(&i, 0).unwrap_or_default();
 

@@ -26,49 +26,47 @@ use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::{UProbe, uprobe::UProbeAttachLocation, uprobe::UProbeAttachPoint};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::procfs::{Mapping, parse_maps, parse_stat_cpu_ticks};
+use super::error::BpfError;
 use crate::symbols::{ElfSymbols, PROLOGUE_BYTES, Symbolizer};
+use heapprof::sys::maps::{Mapping, parse_maps};
+use heapprof::sys::procfs::parse_stat_cpu_ticks;
 
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uprobes.bpf.o"));
 
 /// Errors of the uprobe check.
 #[derive(Debug, thiserror::Error)]
 pub enum UprobeError {
-    /// The kernel refused to load BPF for lack of privilege.
-    #[error("uprobes need root or CAP_BPF+CAP_PERFMON: {0}")]
-    Permission(String),
+    /// The kernel refused for lack of privilege.
+    #[error("uprobes need root or CAP_BPF+CAP_PERFMON")]
+    Permission(#[source] Box<BpfError>),
     /// The target process is gone.
     #[error("process {0} not found (exited?)")]
     NoProcess(u32),
     /// No allocator symbol found in the target.
     #[error("no allocator entry points (malloc, _rjem_malloc) found in process {0}")]
     NoSymbols(u32),
-    /// Loading or attaching failed for another reason.
-    #[error("{what}: {reason}")]
-    Bpf {
-        /// What was being done.
-        what: String,
-        /// The error, as text (aya's error types are not `Sync`-uniform).
-        reason: String,
-    },
+    /// Loading, attaching or reading failed for another reason.
+    #[error(transparent)]
+    Bpf(Box<BpfError>),
 }
 
-/// A BPF error with its whole source chain; EPERM becomes `Permission`.
-fn bpf_error(what: impl Into<String>, e: impl std::error::Error) -> UprobeError {
-    let reason = super::error_chain(&e);
-    if super::is_permission(&reason) {
-        return UprobeError::Permission(reason);
-    }
-    UprobeError::Bpf {
-        what: what.into(),
-        reason,
+impl From<BpfError> for UprobeError {
+    fn from(e: BpfError) -> Self {
+        if e.is_permission() {
+            UprobeError::Permission(Box::new(e))
+        } else {
+            UprobeError::Bpf(Box::new(e))
+        }
     }
 }
 
-fn missing(name: &str) -> UprobeError {
-    UprobeError::Bpf {
-        what: name.to_string(),
-        reason: "missing from uprobes.bpf.o".into(),
+const OBJECT: &str = "uprobes.bpf.o";
+
+fn missing(kind: &'static str, name: &str) -> BpfError {
+    BpfError::Missing {
+        object: OBJECT,
+        kind,
+        name: name.to_string(),
     }
 }
 
@@ -227,17 +225,6 @@ pub struct UprobeReport {
     pub note: String,
 }
 
-impl UprobeReport {
-    /// Live bytes of family `name` (0 if not probed).
-    pub fn live_bytes(&self, name: &str) -> u64 {
-        self.families
-            .iter()
-            .filter(|f| f.family == name)
-            .map(|f| f.live_bytes)
-            .sum()
-    }
-}
-
 /// Probes attached to one process; [`Session::finish`] detaches and reports.
 pub struct Session {
     ebpf: Ebpf,
@@ -340,7 +327,10 @@ impl Session {
         let mut ebpf = EbpfLoader::new()
             .override_global("target_tgid", &pid, true)
             .load(PROGRAM)
-            .map_err(|e| bpf_error("loading uprobes.bpf.o", e))?;
+            .map_err(|source| BpfError::Load {
+                object: OBJECT,
+                source,
+            })?;
         let scope =
             UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(UprobeError::NoProcess(pid))?);
         let mut links = Vec::new();
@@ -366,12 +356,12 @@ impl Session {
                     let Some(name) = name else { continue };
                     let p: &mut UProbe = ebpf
                         .program_mut(name)
-                        .ok_or_else(|| missing(name))?
+                        .ok_or_else(|| missing("program", name))?
                         .try_into()
-                        .map_err(|e| bpf_error(name, e))?;
+                        .map_err(BpfError::program(name))?;
                     if p.fd().is_err() {
                         p.load()
-                            .map_err(|e| bpf_error(format!("loading {name}"), e))?;
+                            .map_err(BpfError::program(format!("loading {name}")))?;
                     }
                     let location = if skip > 0 {
                         UProbeAttachLocation::SymbolOffset(sym, skip)
@@ -382,9 +372,11 @@ impl Session {
                         location,
                         cookie: Some(fam.cookie),
                     };
-                    let link = p.attach(point, &path, scope).map_err(|e| {
-                        bpf_error(format!("attaching {name} to {sym} in {path}"), e)
-                    })?;
+                    let link =
+                        p.attach(point, &path, scope)
+                            .map_err(BpfError::program(format!(
+                                "attaching {name} to {sym} in {path}"
+                            )))?;
                     links.push((name, link));
                 }
                 counts.symbols.push(if skip > 0 {
@@ -435,11 +427,11 @@ impl Session {
             _ => std::mem::take(&mut self.maps),
         };
         let totals: Array<_, Totals> =
-            Array::try_from(self.map("totals")?).map_err(|e| bpf_error("totals", e))?;
+            Array::try_from(self.map("totals")?).map_err(BpfError::map("totals"))?;
         let live: BpfHashMap<_, u64, AllocInfo> =
-            BpfHashMap::try_from(self.map("live")?).map_err(|e| bpf_error("live", e))?;
+            BpfHashMap::try_from(self.map("live")?).map_err(BpfError::map("live"))?;
         let stacks: StackTraceMap<_> =
-            StackTraceMap::try_from(self.map("stacks")?).map_err(|e| bpf_error("stacks", e))?;
+            StackTraceMap::try_from(self.map("stacks")?).map_err(BpfError::map("stacks"))?;
 
         let mut families = self.families.clone();
         let mut by_stack: HashMap<(u64, i64), (u64, u64)> = HashMap::new();
@@ -510,8 +502,8 @@ impl Session {
         })
     }
 
-    fn map(&self, name: &str) -> Result<&aya::maps::Map, UprobeError> {
-        self.ebpf.map(name).ok_or_else(|| missing(name))
+    fn map(&self, name: &str) -> Result<&aya::maps::Map, BpfError> {
+        self.ebpf.map(name).ok_or_else(|| missing("map", name))
     }
 }
 

@@ -239,7 +239,7 @@ impl ChildCgroup {
     /// usage, working set, rss as cAdvisor computes them, read now.
     pub fn truth(&self) -> (u64, u64, u64) {
         let usage: u64 = self.read("memory.usage_in_bytes").trim().parse().unwrap();
-        let stat = heapprof_cli::cgroup::parse_stat(&self.read("memory.stat"));
+        let stat = heapprof::sys::cgroup::parse_stat(&self.read("memory.stat"));
         let inactive = stat["total_inactive_file"];
         (usage, usage.saturating_sub(inactive), stat["total_rss"])
     }

@@ -1,0 +1,243 @@
+//! Which allocations are sampled: a Poisson process over allocated bytes.
+//!
+//! Each thread counts down the bytes left until its next sample point
+//! (`bytes_until_sample`). Gaps between sample points are exponentially
+//! distributed with mean `rate` bytes, so sample points form a Poisson process
+//! over the byte stream, as in Go's `runtime.MemProfileRate` and tcmalloc.
+//! An allocation of `s` bytes is sampled when a sample point falls inside it,
+//! which happens with probability
+//!
+//! ```text
+//! p(s) = 1 - exp(-s / rate)
+//! ```
+//!
+//! independently of every other allocation (the process is memoryless, so a
+//! fresh gap drawn after each sample leaves the distribution unchanged).
+//! Each sampled allocation then stands for `1 / p(s)` allocations and
+//! `s / p(s)` bytes: [`weight_fx`] computes that per allocation, which is
+//! unbiased for every mix of sizes. Go's `scaleHeapSample` applies the same
+//! formula once per call site with the site's average size, which is biased
+//! when a site allocates mixed sizes; per-allocation weights are not.
+//!
+//! The fast path is one thread-local subtract and a branch: no lock, no
+//! syscall, no allocation. Everything else (seeding, drawing gaps, noticing a
+//! rate change, the reentrancy check) is in the `#[cold]` crossing path,
+//! which runs once per sample point.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use super::config;
+use super::reentrancy::Reentrancy;
+
+/// While sampling is off, threads re-check the rate after this many bytes.
+const OFF_RECHECK_BYTES: i64 = 1 << 20;
+
+/// Fixed-point scale of object weights: `weight_fx = weight * 256`.
+pub(crate) const WEIGHT_ONE: u64 = 256;
+
+struct ThreadSampler {
+    /// Bytes left before the next sample point; `<= 0` means crossed.
+    bytes_until_sample: Cell<i64>,
+    /// xorshift64* state; 0 means not seeded yet.
+    rng: Cell<u64>,
+    /// `config::rate_epoch()` when the current gap was drawn.
+    epoch: Cell<u32>,
+}
+
+thread_local! {
+    static SAMPLER: ThreadSampler = const {
+        ThreadSampler {
+            bytes_until_sample: Cell::new(0),
+            rng: Cell::new(0),
+            epoch: Cell::new(0),
+        }
+    };
+}
+
+/// Decides whether an allocation of `size` bytes is sampled.
+///
+/// Returns the sample rate the decision was made with, or 0 for "not
+/// sampled". The common case is a subtract and a branch.
+#[inline(always)]
+pub(crate) fn should_sample(size: usize) -> u64 {
+    let crossed = SAMPLER
+        .try_with(|s| {
+            let left = s.bytes_until_sample.get().wrapping_sub(size as i64);
+            s.bytes_until_sample.set(left);
+            left <= 0
+        })
+        .unwrap_or(false);
+    if crossed { on_crossing(size) } else { 0 }
+}
+
+/// The slow path, at a sample point (or on a thread's first allocation).
+#[cold]
+#[inline(never)]
+fn on_crossing(size: usize) -> u64 {
+    if Reentrancy::is_active() {
+        // The profiler's own allocation: never sampled. The counter stays
+        // crossed, so the next allocation of the user's code is sampled.
+        return 0;
+    }
+    SAMPLER
+        .try_with(|s| {
+            let rate = config::sample_rate();
+            if rate == 0 {
+                s.bytes_until_sample.set(OFF_RECHECK_BYTES);
+                return 0;
+            }
+            if rate == 1 {
+                // Every allocation: keep the counter at the crossing point.
+                s.bytes_until_sample.set(0);
+                return 1;
+            }
+            let epoch = config::rate_epoch();
+            if s.rng.get() == 0 || s.epoch.get() != epoch {
+                // First allocation of this thread, or the rate changed: start
+                // a fresh Poisson process and judge this allocation by it.
+                if s.rng.get() == 0 {
+                    s.rng.set(seed_for_thread(s as *const ThreadSampler as u64));
+                }
+                s.epoch.set(epoch);
+                let left = draw_gap(&s.rng, rate) - size as i64;
+                s.bytes_until_sample.set(left);
+                if left > 0 {
+                    return 0;
+                }
+            }
+            s.bytes_until_sample.set(draw_gap(&s.rng, rate));
+            rate
+        })
+        .unwrap_or(0)
+}
+
+/// Makes the calling thread redraw its gap at its next allocation (used by
+/// `set_sample_rate`).
+pub(crate) fn reset_current_thread() {
+    let _ = SAMPLER.try_with(|s| s.bytes_until_sample.set(0));
+}
+
+/// Exponentially distributed gap with mean `rate` bytes, at least 1.
+fn draw_gap(rng: &Cell<u64>, rate: u64) -> i64 {
+    let u = next_unit(rng);
+    let gap = -u.ln() * rate as f64;
+    // Cap far from i64 overflow; the cap is ~2^40 times the mean away.
+    gap.clamp(1.0, (i64::MAX / 4) as f64) as i64
+}
+
+/// Uniform in (0, 1], from xorshift64*.
+fn next_unit(rng: &Cell<u64>) -> f64 {
+    let mut x = rng.get();
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    rng.set(x);
+    let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    ((r >> 11) + 1) as f64 / (1u64 << 53) as f64
+}
+
+static THREAD_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A non-zero seed, different per thread. With `HEAPPROF_SEED` set, threads
+/// get seeds that depend only on it and on their creation order.
+fn seed_for_thread(addr: u64) -> u64 {
+    let n = THREAD_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = match config::seed() {
+        Some(seed) => seed,
+        None => addr ^ super::clock::monotonic_ns().rotate_left(29),
+    };
+    let seed = splitmix64(base ^ splitmix64(n));
+    if seed == 0 {
+        0x9e37_79b9_7f4a_7c15
+    } else {
+        seed
+    }
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// How many allocations a sampled one of `size` bytes stands for, times
+/// [`WEIGHT_ONE`]: `1 / (1 - exp(-size / rate))`, exactly 1 at rate 1.
+pub(crate) fn weight_fx(size: usize, rate: u64) -> u64 {
+    if rate <= 1 {
+        return WEIGHT_ONE;
+    }
+    let p = -(-(size as f64) / rate as f64).exp_m1();
+    if p <= 0.0 {
+        return WEIGHT_ONE * rate;
+    }
+    ((WEIGHT_ONE as f64) / p).round().max(WEIGHT_ONE as f64) as u64
+}
+
+/// Estimated bytes a sampled allocation of `size` stands for, given its
+/// weight. The same inputs always give the same result, so the free of a
+/// sample subtracts exactly what its allocation added.
+pub(crate) fn weighted_bytes(weight_fx: u64, size: usize) -> u64 {
+    let product = u128::from(weight_fx) * size as u128;
+    ((product + u128::from(WEIGHT_ONE / 2)) / u128::from(WEIGHT_ONE)).min(u128::from(u64::MAX))
+        as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_exponential_with_the_rate_as_mean() {
+        let rng = Cell::new(12345);
+        let rate = 4096u64;
+        let n = 200_000;
+        let mut sum = 0f64;
+        let mut below_mean = 0;
+        for _ in 0..n {
+            let g = draw_gap(&rng, rate) as f64;
+            sum += g;
+            if g < rate as f64 {
+                below_mean += 1;
+            }
+        }
+        let mean = sum / n as f64;
+        // Standard error of the mean is rate/sqrt(n) ~ 0.22% of the rate.
+        assert!((mean / rate as f64 - 1.0).abs() < 0.015, "mean gap {mean}");
+        // P(X < mean) = 1 - 1/e for an exponential distribution.
+        let frac = below_mean as f64 / n as f64;
+        assert!(
+            (frac - (1.0 - (-1f64).exp())).abs() < 0.01,
+            "fraction {frac}"
+        );
+    }
+
+    #[test]
+    fn weights_unbias_by_size() {
+        assert_eq!(weight_fx(1, 1), WEIGHT_ONE);
+        assert_eq!(weight_fx(100, 0), WEIGHT_ONE);
+        // A huge allocation is always sampled: weight 1.
+        assert_eq!(weight_fx(1 << 30, 4096), WEIGHT_ONE);
+        // size == rate: p = 1 - 1/e, weight ~ 1.582.
+        let w = weight_fx(4096, 4096) as f64 / WEIGHT_ONE as f64;
+        assert!((w - 1.0 / (1.0 - (-1f64).exp())).abs() < 0.01, "{w}");
+        // A tiny allocation stands for about rate/size allocations.
+        let w = weight_fx(16, 512 * 1024) as f64 / WEIGHT_ONE as f64;
+        assert!((w - 32768.5).abs() < 1.0, "{w}");
+        assert_eq!(weighted_bytes(WEIGHT_ONE, 4096), 4096);
+        assert_eq!(weighted_bytes(WEIGHT_ONE * 3 / 2, 10), 15);
+    }
+
+    #[test]
+    fn sampled_fraction_matches_the_poisson_probability() {
+        // Drive the real thread-local sampler through the public decision.
+        config::set_sample_rate(1024);
+        let size = 512usize;
+        let n = 100_000;
+        let sampled = (0..n).filter(|_| should_sample(size) != 0).count();
+        let expected = 1.0 - (-(size as f64) / 1024.0).exp();
+        let frac = sampled as f64 / n as f64;
+        assert!((frac - expected).abs() < 0.01, "{frac} vs {expected}");
+    }
+}

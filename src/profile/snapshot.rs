@@ -1,0 +1,258 @@
+//! `Snapshot`: a copy of the profiler's state at one moment, and the values
+//! derived from it (unbiased per-site estimates, totals, deltas).
+//!
+//! Taking a snapshot reads each site's counters (lock-free); sites are read
+//! one after another, so a snapshot is consistent per site, not across
+//! sites, exactly like Go's `runtime.MemProfile`. Building it does not sample
+//! its own allocations.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use crate::alloc::reentrancy::untracked;
+use crate::alloc::{clock, config, live_table, site_table};
+
+use super::site::{Site, fx_to_objects};
+use super::stats::{Stats, stats};
+use super::{SampleType, Totals, symbolize};
+
+/// The state of the heap profile at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub(crate) sites: Vec<Site>,
+    pub(crate) sample_rate: u64,
+    pub(crate) time: SystemTime,
+    pub(crate) monotonic_ns: u64,
+    pub(crate) duration: Option<Duration>,
+    pub(crate) stats: Stats,
+}
+
+/// Takes a snapshot of the current state. Cheap: no symbolization (that
+/// happens in [`Snapshot::to_pprof`] and [`Snapshot::to_text`]).
+pub fn snapshot() -> Snapshot {
+    untracked(|| {
+        let mut sites = Vec::with_capacity(site_table::usage().sites + 1);
+        site_table::for_each(|id, stack, labels, values| {
+            sites.push(Site::from_counters(id, stack, labels, values))
+        });
+        let now = clock::monotonic_ns();
+        set_ages(&mut sites, now);
+        Snapshot {
+            sites,
+            sample_rate: config::sample_rate(),
+            time: SystemTime::now(),
+            monotonic_ns: now,
+            duration: None,
+            stats: stats(),
+        }
+    })
+}
+
+/// Like [`snapshot`], but the in-use values count only live allocations at
+/// least `min_age` old (`/debug/pprof/heap?min_age=60s`): what was
+/// allocated and never freed for that long, the shape of a leak. The
+/// `alloc_*` values are the full history, as in [`snapshot`].
+pub fn snapshot_older_than(min_age: Duration) -> Snapshot {
+    let mut snap = snapshot();
+    untracked(|| {
+        let cutoff = snap.monotonic_ns.saturating_sub(min_age.as_nanos() as u64);
+        let position: HashMap<u32, usize> = snap
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id, i))
+            .collect();
+        let mut old = vec![(0u64, 0u64, 0i64, 0i64); snap.sites.len()];
+        live_table::for_each(|r| {
+            if r.born_ns <= cutoff
+                && let Some(&i) = position.get(&r.site)
+            {
+                let o = &mut old[i];
+                o.0 += r.weight_fx;
+                o.1 += crate::alloc::sampler::weighted_bytes(r.weight_fx, r.size as usize);
+                o.2 += 1;
+                o.3 += r.size as i64;
+            }
+        });
+        for (site, (objects_fx, bytes, samples, sampled_bytes)) in snap.sites.iter_mut().zip(old) {
+            site.inuse_objects = fx_to_objects(objects_fx);
+            site.inuse_bytes = bytes as i64;
+            site.sampled.inuse_objects = samples;
+            site.sampled.inuse_bytes = sampled_bytes;
+        }
+    });
+    snap
+}
+
+/// The state at the high-water mark of the estimated in-use heap since the
+/// start (or the last [`crate::reset_peak`]), within 1/16 of it (see
+/// `peak`). `None` before the first sample. Its `time()` is when the peak
+/// was captured; ages are not recorded.
+pub fn peak_snapshot() -> Option<Snapshot> {
+    untracked(|| {
+        let (_, peak_ns, values) = crate::alloc::peak::read()?;
+        let sites = values
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| v.alloc_samples > 0)
+            .filter_map(|(id, v)| {
+                let (stack, labels) = site_table::site_key(id as u32)?;
+                Some(Site::from_counters(id as u32, stack, labels, v))
+            })
+            .collect();
+        let now = clock::monotonic_ns();
+        let ago = Duration::from_nanos(now.saturating_sub(peak_ns));
+        Some(Snapshot {
+            sites,
+            sample_rate: config::sample_rate(),
+            time: SystemTime::now()
+                .checked_sub(ago)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            monotonic_ns: peak_ns,
+            duration: None,
+            stats: stats(),
+        })
+    })
+}
+
+/// Fills each site's oldest and median live-sample age from the live table.
+fn set_ages(sites: &mut [Site], now_ns: u64) {
+    let position: HashMap<u32, usize> = sites.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let mut births: Vec<Vec<u64>> = vec![Vec::new(); sites.len()];
+    live_table::for_each(|record| {
+        if let Some(&i) = position.get(&record.site) {
+            births[i].push(record.born_ns);
+        }
+    });
+    for (site, mut born) in sites.iter_mut().zip(births) {
+        if born.is_empty() {
+            continue;
+        }
+        born.sort_unstable();
+        let age = |b: u64| Duration::from_nanos(now_ns.saturating_sub(b));
+        site.oldest_age = Some(age(born[0]));
+        site.median_age = Some(age(born[born.len() / 2]));
+    }
+}
+
+/// Symbolizes every address of the current sites into the symbol cache,
+/// without building a profile (the OOM guard's warm-up).
+pub(crate) fn warm_symbols() {
+    untracked(|| {
+        let snap = snapshot();
+        drop(symbolize::resolve_all(
+            snap.sites.iter().flat_map(|s| s.stack.iter().copied()),
+        ));
+    })
+}
+
+impl Snapshot {
+    /// The call sites with samples, in site order.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// Sum of every site's estimates.
+    pub fn totals(&self) -> Totals {
+        self.sites.iter().fold(Totals::default(), |t, s| Totals {
+            alloc_objects: t.alloc_objects + s.alloc_objects,
+            alloc_bytes: t.alloc_bytes + s.alloc_bytes,
+            inuse_objects: t.inuse_objects + s.inuse_objects,
+            inuse_bytes: t.inuse_bytes + s.inuse_bytes,
+        })
+    }
+
+    /// Sample rate (bytes) when the snapshot was taken: the profile's period.
+    pub fn sample_rate(&self) -> u64 {
+        self.sample_rate
+    }
+
+    /// Wall-clock time of the snapshot.
+    pub fn time(&self) -> SystemTime {
+        self.time
+    }
+
+    /// The window a delta covers; `None` for a plain snapshot.
+    pub fn duration(&self) -> Option<Duration> {
+        self.duration
+    }
+
+    /// The profiler's health when the snapshot was taken.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// What happened between `base` and `self`: every value of every site
+    /// minus its value in `base` (Go's `?seconds=N` delta profile). Sites
+    /// with no change are left out; the duration is set.
+    pub fn delta_since(&self, base: &Snapshot) -> Snapshot {
+        untracked(|| {
+            let before: HashMap<u32, &Site> = base.sites.iter().map(|s| (s.id, s)).collect();
+            let sites = self
+                .sites
+                .iter()
+                .map(|s| match before.get(&s.id) {
+                    Some(b) => s.minus(b),
+                    None => s.clone(),
+                })
+                .filter(|s| s.alloc_objects != 0 || s.inuse_bytes != 0 || s.inuse_objects != 0)
+                .collect();
+            Snapshot {
+                sites,
+                sample_rate: self.sample_rate,
+                time: self.time,
+                monotonic_ns: self.monotonic_ns,
+                duration: Some(Duration::from_nanos(
+                    self.monotonic_ns.saturating_sub(base.monotonic_ns),
+                )),
+                stats: self.stats,
+            }
+        })
+    }
+
+    /// The gzipped pprof profile (profile.proto), as Go's
+    /// `/debug/pprof/heap` writes it.
+    pub fn to_pprof(&self) -> Vec<u8> {
+        self.to_pprof_with(&PprofOptions::default())
+    }
+
+    /// [`Snapshot::to_pprof`] with options.
+    pub fn to_pprof_with(&self, options: &PprofOptions) -> Vec<u8> {
+        untracked(|| super::proto::encode(self, options))
+    }
+
+    /// Go's `debug=1` heap text format.
+    pub fn to_text(&self) -> String {
+        untracked(|| super::text::encode(self))
+    }
+}
+
+/// Options for [`Snapshot::to_pprof_with`].
+#[derive(Clone, Debug, Default)]
+pub struct PprofOptions {
+    pub(crate) default_sample_type: Option<SampleType>,
+    pub(crate) ages: bool,
+}
+
+impl PprofOptions {
+    /// Default options: like Go's `/debug/pprof/heap`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sample type viewers show first (Go's `/debug/pprof/allocs` sets
+    /// `alloc_space`; unset, viewers pick the last one, `inuse_space`).
+    pub fn default_sample_type(mut self, sample_type: SampleType) -> Self {
+        self.default_sample_type = Some(sample_type);
+        self
+    }
+
+    /// Adds numeric labels `oldest_age` and `median_age` (unit `ms`)
+    /// to samples with live allocations. Off by default: labels that
+    /// change with every snapshot keep `go tool pprof -base` from matching
+    /// samples of two profiles.
+    pub fn ages(mut self, ages: bool) -> Self {
+        self.ages = ages;
+        self
+    }
+}
