@@ -63,8 +63,9 @@ pub use history::{HistoryGuard, LeakSuspect, history_interval, leak_suspects, st
 pub use labels::{LabelGuard, LabelsExt, WithLabels, set_labels, with_labels};
 pub use oom_guard::{OomGuard, OomGuardConfig, OomGuardError};
 pub use profile::{
-    Frame, PprofOptions, SITE_TABLE_FULL, SampleType, SampledCounts, Site, Snapshot, Stats, Totals,
-    UnknownSampleType, is_plumbing, peak_snapshot, snapshot, snapshot_older_than, stats,
+    Admission, BuildKind, BuildMode, Frame, NoRoom, PprofOptions, SITE_TABLE_FULL, SampleType,
+    SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType, admit, headroom, is_plumbing,
+    peak_snapshot, snapshot, snapshot_older_than, stats,
 };
 
 /// The README's Rust examples, compiled as doctests.

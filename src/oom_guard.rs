@@ -166,7 +166,6 @@ impl Drop for OomGuard {
             t.thread().unpark();
             let _ = t.join();
         }
-        crate::profile::symbolize::keep_resolver_cache(false);
     }
 }
 
@@ -207,8 +206,6 @@ fn start(config: OomGuardConfig) -> Result<OomGuard, OomGuardError> {
         (None, Some(cg), Some(limit)) => (Source::Cgroup(cg), limit),
         (None, _, _) => return Err(OomGuardError::NoLimit),
     };
-    crate::profile::symbolize::keep_resolver_cache(true);
-    crate::profile::warm_symbols();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()

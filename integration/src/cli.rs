@@ -8,6 +8,20 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "heapprof", version)]
 pub struct Cli {
+    /// Bearer token for endpoints that require one (started with
+    /// HEAPPROF_TOKEN).
+    #[arg(long, global = true, env = "HEAPPROF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Deadline of one request, seconds (a `seconds=N` window is added).
+    #[arg(long, global = true, default_value_t = 60.0, value_name = "SECONDS")]
+    pub timeout: f64,
+    /// Largest answer, file or inflated profile accepted, bytes.
+    #[arg(long, global = true, default_value_t = crate::profile::DEFAULT_MAX_BYTES)]
+    pub max_bytes: u64,
+    /// Connect to the address a discovery file names even when it is not a
+    /// loopback address.
+    #[arg(long, global = true)]
+    pub allow_remote: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,

@@ -30,6 +30,19 @@ use clap::Parser;
 /// failing check, 2 on an error.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let Ok(timeout) = std::time::Duration::try_from_secs_f64(cli.timeout) else {
+        eprintln!(
+            "heapprof: --timeout {}: expected a positive number of seconds",
+            cli.timeout
+        );
+        return ExitCode::from(2);
+    };
+    fetch::configure(fetch::Settings {
+        token: cli.token.filter(|t| !t.is_empty()),
+        timeout,
+        max_bytes: cli.max_bytes,
+        allow_remote: cli.allow_remote,
+    });
     match commands::run(cli.command) {
         Ok(code) => code,
         Err(e) => {

@@ -35,3 +35,14 @@ extern "C" fn release() {
     super::peak::fork_release();
     super::site_table::fork_release();
 }
+
+/// Registers `reset` to run in the child after every `fork`, for a lock
+/// outside the allocator path (one that may be held across allocations,
+/// so it cannot be taken before `fork`): the child resets what the lock
+/// guards instead.
+pub(crate) fn on_child(reset: extern "C" fn()) {
+    // SAFETY: registers a plain function pointer; see `register_handlers`.
+    unsafe {
+        libc::pthread_atfork(None, None, Some(reset));
+    }
+}

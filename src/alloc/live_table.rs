@@ -37,8 +37,7 @@
 //! in [`dropped`]. The arrays are zero-initialised statics (untouched pages
 //! cost no memory).
 
-use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 /// Alignment that marks a sampled allocation.
 pub(crate) const TAG_ALIGN: usize = 4096;
@@ -72,13 +71,45 @@ struct Bucket {
     keys: [AtomicUsize; WAYS],
 }
 
-struct Records(UnsafeCell<[Record; CAPACITY]>);
+/// A [`Record`] in atomics: written by the thread that claimed its key
+/// (CAS `EMPTY -> CLAIMED`) before it publishes the key with Release, read
+/// after an Acquire load of the published key. Readers that do not own the
+/// pointer ([`for_each`]) may race with a reuse of the slot; atomics make
+/// that a stale or mixed read, never undefined behaviour, and [`for_each`]
+/// re-checks the key to skip records that changed under it.
+struct Slot {
+    site: AtomicU32,
+    weight_fx: AtomicU64,
+    born_ns: AtomicU64,
+    size: AtomicU64,
+}
 
-// SAFETY: a record is written only by the thread that claimed its key slot
-// (CAS EMPTY -> CLAIMED) and read only by a thread that observed the
-// published key with Acquire ordering after the Release store that followed
-// the write. Slots are reused only after the owner's final read.
-unsafe impl Sync for Records {}
+impl Slot {
+    const fn new() -> Self {
+        Slot {
+            site: AtomicU32::new(0),
+            weight_fx: AtomicU64::new(0),
+            born_ns: AtomicU64::new(0),
+            size: AtomicU64::new(0),
+        }
+    }
+
+    fn write(&self, r: Record) {
+        self.site.store(r.site, Ordering::Relaxed);
+        self.weight_fx.store(r.weight_fx, Ordering::Relaxed);
+        self.born_ns.store(r.born_ns, Ordering::Relaxed);
+        self.size.store(r.size, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Record {
+        Record {
+            site: self.site.load(Ordering::Relaxed),
+            weight_fx: self.weight_fx.load(Ordering::Relaxed),
+            born_ns: self.born_ns.load(Ordering::Relaxed),
+            size: self.size.load(Ordering::Relaxed),
+        }
+    }
+}
 
 static BUCKETS_TABLE: [Bucket; BUCKETS] = [const {
     Bucket {
@@ -86,14 +117,7 @@ static BUCKETS_TABLE: [Bucket; BUCKETS] = [const {
     }
 }; BUCKETS];
 
-static RECORDS: Records = Records(UnsafeCell::new(
-    [Record {
-        site: 0,
-        weight_fx: 0,
-        born_ns: 0,
-        size: 0,
-    }; CAPACITY],
-));
+static RECORDS: [Slot; CAPACITY] = [const { Slot::new() }; CAPACITY];
 
 /// Live entries, on a cache line of its own: every page-aligned free reads
 /// it, sampled allocations and frees write it.
@@ -115,10 +139,8 @@ fn bucket_of(ptr: usize) -> usize {
     (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BUCKET_BITS)) as usize
 }
 
-fn record_slot(bucket: usize, way: usize) -> *mut Record {
-    // SAFETY: bucket < BUCKETS and way < WAYS, so the index is in bounds of
-    // the CAPACITY-sized array; only a raw pointer is formed here.
-    unsafe { RECORDS.0.get().cast::<Record>().add(bucket * WAYS + way) }
+fn record_slot(bucket: usize, way: usize) -> &'static Slot {
+    &RECORDS[bucket * WAYS + way]
 }
 
 /// Remembers a new sampled allocation. Returns false (and counts a drop)
@@ -132,9 +154,8 @@ pub(crate) fn insert(ptr: *mut u8, record: Record) -> bool {
             .compare_exchange(EMPTY, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            // SAFETY: the CAS gave this thread exclusive use of the slot
-            // until it publishes the key below.
-            unsafe { record_slot(b, way).write(record) };
+            // The CAS gave this thread the slot until it publishes the key.
+            record_slot(b, way).write(record);
             key.store(addr, Ordering::Release);
             LIVE.0.fetch_add(1, Ordering::Relaxed);
             return true;
@@ -153,9 +174,9 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Record> {
     let b = bucket_of(addr);
     for (way, key) in BUCKETS_TABLE[b].keys.iter().enumerate() {
         if key.load(Ordering::Acquire) == addr {
-            // SAFETY: the Acquire load saw the key published after the
-            // record was written, and only this owner can clear it.
-            let record = unsafe { record_slot(b, way).read() };
+            // The Acquire load saw the key published after the record was
+            // written, and only this owner can clear it.
+            let record = record_slot(b, way).read();
             key.store(EMPTY, Ordering::Release);
             LIVE.0.fetch_sub(1, Ordering::Relaxed);
             return Some(record);
@@ -194,17 +215,19 @@ pub(crate) fn contains(ptr: *mut u8) -> bool {
 }
 
 /// Calls `f` with every live sampled allocation's record. Entries inserted
-/// or removed meanwhile may or may not be seen.
+/// or removed meanwhile may or may not be seen; a record whose key changed
+/// while it was read is skipped.
 pub(crate) fn for_each(mut f: impl FnMut(&Record)) {
     for (b, bucket) in BUCKETS_TABLE.iter().enumerate() {
         for (way, key) in bucket.keys.iter().enumerate() {
             let k = key.load(Ordering::Acquire);
-            if k > CLAIMED {
-                // SAFETY: a published key means the record is complete; it
-                // can be overwritten only after the owner removes the key,
-                // so a racing read may see a newer record, never a torn one
-                // that matters (each field is an independent value).
-                let record = unsafe { record_slot(b, way).read_volatile() };
+            if k <= CLAIMED {
+                continue;
+            }
+            let record = record_slot(b, way).read();
+            // Order the reads of the record before the second key load.
+            fence(Ordering::Acquire);
+            if key.load(Ordering::Relaxed) == k {
                 f(&record);
             }
         }
@@ -223,7 +246,7 @@ pub(crate) fn dropped() -> u64 {
 
 /// Bytes the table reserves (virtual; pages are touched as samples land).
 pub(crate) const fn reserved_bytes() -> usize {
-    core::mem::size_of::<[Bucket; BUCKETS]>() + core::mem::size_of::<[Record; CAPACITY]>()
+    core::mem::size_of::<[Bucket; BUCKETS]>() + core::mem::size_of::<[Slot; CAPACITY]>()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 pub(crate) mod clock;
 pub(crate) mod config;
 mod env;
-mod fork;
+pub(crate) mod fork;
 pub(crate) mod live_table;
 mod pages;
 pub(crate) mod peak;

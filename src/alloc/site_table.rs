@@ -361,7 +361,7 @@ pub(crate) fn site_key(id: u32) -> Option<(&'static [usize], u32)> {
 }
 
 /// Calls `f(id, stack, labels, counters)` for every site that has samples.
-pub(crate) fn for_each(mut f: impl FnMut(u32, &[usize], u32, CounterValues)) {
+pub(crate) fn for_each(mut f: impl FnMut(u32, &'static [usize], u32, CounterValues)) {
     for id in 0..count() {
         let Some(site) = site_ptr(id) else { continue };
         // SAFETY: ids below COUNT are published sites.

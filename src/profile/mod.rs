@@ -8,6 +8,7 @@
 //! reentrancy guard, so the profiler's own allocations never appear in the
 //! profiles it writes.
 
+mod admission;
 mod mappings;
 mod proto;
 mod site;
@@ -16,9 +17,9 @@ mod stats;
 pub(crate) mod symbolize;
 mod text;
 
+pub use admission::{Admission, BuildKind, BuildMode, NoRoom, admit, headroom};
 pub use proto::SITE_TABLE_FULL;
 pub use site::{SampleType, SampledCounts, Site, Totals, UnknownSampleType};
-pub(crate) use snapshot::warm_symbols;
 pub use snapshot::{PprofOptions, Snapshot, peak_snapshot, snapshot, snapshot_older_than};
 pub use stats::{Stats, stats};
 pub use symbolize::{Frame, is_plumbing};

@@ -12,6 +12,24 @@
 //! - Locations symbolized in process: one Line per inlining level, innermost
 //!   first, with the `has_*` flags of each mapping true only when every
 //!   location in it really has that information.
+//!
+//! # Memory
+//!
+//! The profile is streamed: every sample, location, function and string is
+//! encoded into the gzip stream as soon as it exists (protobuf lets the
+//! repeated fields of a message arrive interleaved, and pprof resolves
+//! string indices after reading the whole message), so what the encoder
+//! holds is the deduplication maps (one entry per distinct string,
+//! function and location) and the compressed output, never the whole
+//! message.
+//!
+//! # Unsymbolized profiles
+//!
+//! When a build must not pay for symbolization (`PprofOptions::symbolize`),
+//! locations carry addresses only, the mappings carry the build IDs that
+//! `heapprof pprof-heap` or `go tool pprof <binary>` symbolize with, and
+//! `drop_frames` names the plumbing that pprof removes from the top of
+//! each stack once it has names.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -21,57 +39,54 @@ use flate2::write::GzEncoder;
 use pprof::protos::{self, Message};
 
 use crate::alloc::site_table::OVERFLOW_SITE;
+use crate::sys::maps::Mapping;
 
 use super::mappings;
 use super::symbolize::{self, Kept, Resolved};
 use super::{PprofOptions, SampleType, Snapshot};
-use crate::sys::maps::Mapping;
 
 /// Function name of the overflow site's synthetic frame.
 pub const SITE_TABLE_FULL: &str = "[heapprof: site table full]";
 const UNKNOWN_STACK: &str = "[heapprof: unknown stack]";
+/// The comment of an unsymbolized profile: why, and how to get names.
+const UNSYMBOLIZED_NOTE: &str = "heapprof: unsymbolized (the process had too little memory \
+     left to name addresses in process); name it with `heapprof pprof-heap --symbolize \
+     FILE --binary PATH` or `go tool pprof PATH FILE`";
 
-/// Gzipped, encoded profile.
-pub(crate) fn encode(snap: &Snapshot, options: &PprofOptions) -> Vec<u8> {
-    let raw = build(snap, options).encode_to_vec();
-    let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::default());
-    // Writing to a Vec cannot fail.
-    let _ = gz.write_all(&raw);
-    gz.finish().unwrap_or_default()
-}
-
-/// The profile message of `snap`.
-pub(crate) fn build(snap: &Snapshot, options: &PprofOptions) -> protos::Profile {
-    let mut b = Builder::default();
-    b.strings.intern("");
-    let sample_type = SampleType::ALL
-        .iter()
-        .map(|t| b.value_type(t.name(), t.unit()))
-        .collect();
-    let period_type = Some(b.value_type("space", "bytes"));
-
-    let resolved = symbolize::resolve_all(snap.sites.iter().flat_map(|s| s.stack.iter().copied()));
+/// Gzipped, encoded profile. `resolved` names the snapshot's addresses;
+/// empty, the profile is unsymbolized.
+pub(crate) fn encode(
+    snap: &Snapshot,
+    options: &PprofOptions,
+    resolved: &HashMap<usize, Resolved>,
+) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.header(snap, options, resolved.is_empty());
     let maps = mappings::current();
     let mut by_start: Vec<usize> = (0..maps.len()).collect();
     by_start.sort_by_key(|&i| maps[i].0.start);
     let mut mapping_info = vec![MappingInfo::default(); maps.len()];
+    let bytes_key = w.string("bytes");
+    let ms = w.string("ms");
 
-    let bytes_key = b.strings.intern("bytes");
-    let mut samples = Vec::with_capacity(snap.sites.len());
     for site in &snap.sites {
-        let kept = symbolize::trim(&site.stack, &resolved);
+        let kept = if resolved.is_empty() {
+            untrimmed(site.stack)
+        } else {
+            symbolize::trim(site.stack, resolved)
+        };
         let location_id = if kept.is_empty() {
             let name = if site.id == OVERFLOW_SITE {
                 SITE_TABLE_FULL
             } else {
                 UNKNOWN_STACK
             };
-            vec![b.synthetic_location(name)]
+            vec![w.synthetic_location(name)]
         } else {
             kept.iter()
                 .map(|k| {
                     let m = find_mapping(&maps, &by_start, k.ip);
-                    b.location(*k, resolved.get(&k.ip), m, &mut mapping_info)
+                    w.location(*k, resolved.get(&k.ip), m, &mut mapping_info)
                 })
                 .collect()
         };
@@ -79,18 +94,17 @@ pub(crate) fn build(snap: &Snapshot, options: &PprofOptions) -> protos::Profile 
             .labels
             .iter()
             .map(|(k, v)| protos::Label {
-                key: b.strings.intern(k),
-                str: b.strings.intern(v),
+                key: w.string(k),
+                str: w.string(v),
                 ..Default::default()
             })
             .collect();
         if options.ages
             && let (Some(oldest), Some(median)) = (site.oldest_age, site.median_age)
         {
-            let ms = b.strings.intern("ms");
             for (key, age) in [("oldest_age", oldest), ("median_age", median)] {
                 label.push(protos::Label {
-                    key: b.strings.intern(key),
+                    key: w.string(key),
                     num: age.as_millis() as i64,
                     num_unit: ms,
                     ..Default::default()
@@ -104,41 +118,35 @@ pub(crate) fn build(snap: &Snapshot, options: &PprofOptions) -> protos::Profile 
                 ..Default::default()
             });
         }
-        samples.push(protos::Sample {
-            location_id,
-            value: SampleType::ALL.iter().map(|t| t.of(site)).collect(),
-            label,
+        w.emit(protos::Profile {
+            sample: vec![protos::Sample {
+                location_id,
+                value: SampleType::ALL.iter().map(|t| t.of(site)).collect(),
+                label,
+            }],
+            ..Default::default()
         });
     }
-
-    let mapping = maps
-        .iter()
-        .zip(&mapping_info)
-        .enumerate()
-        .map(|(i, (m, info))| b.mapping(i as u64 + 1, m, info))
-        .collect();
-    let default_sample_type = options
-        .default_sample_type
-        .map_or(0, |t| b.strings.intern(t.name()));
-    let time_nanos = snap
-        .time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-
-    protos::Profile {
-        sample_type,
-        sample: samples,
-        mapping,
-        location: b.locations,
-        function: b.functions,
-        string_table: b.strings.table,
-        time_nanos,
-        duration_nanos: snap.duration.map_or(0, |d| d.as_nanos() as i64),
-        period_type,
-        period: snap.sample_rate as i64,
-        default_sample_type,
-        ..Default::default()
+    for (i, (m, info)) in maps.iter().zip(&mapping_info).enumerate() {
+        let mapping = w.mapping(i as u64 + 1, m, info);
+        w.emit(protos::Profile {
+            mapping: vec![mapping],
+            ..Default::default()
+        });
     }
+    w.finish()
+}
+
+/// The stack as it is, for an unsymbolized profile (pprof trims it by
+/// `drop_frames` once it has names).
+fn untrimmed(stack: &[usize]) -> Vec<Kept> {
+    stack
+        .iter()
+        .map(|&ip| Kept {
+            ip,
+            skip_inlined: 0,
+        })
+        .collect()
 }
 
 fn find_mapping(maps: &[(Mapping, String)], by_start: &[usize], ip: usize) -> Option<usize> {
@@ -168,60 +176,120 @@ impl Default for MappingInfo {
     }
 }
 
-#[derive(Default)]
-struct Strings {
-    table: Vec<String>,
-    index: HashMap<String, i64>,
+/// Writes a profile as a stream of partial `Profile` messages into a gzip
+/// encoder: concatenated protobuf messages of one type merge, so each
+/// part adds its repeated elements in order.
+struct Writer {
+    gz: GzEncoder<Vec<u8>>,
+    scratch: Vec<u8>,
+    strings: HashMap<String, i64>,
+    functions: HashMap<(i64, i64, i64), u64>,
+    locations: HashMap<(usize, usize), u64>,
+    synthetic: HashMap<&'static str, u64>,
 }
 
-impl Strings {
-    fn intern(&mut self, s: &str) -> i64 {
-        if let Some(&i) = self.index.get(s) {
+impl Writer {
+    fn new() -> Self {
+        let mut w = Writer {
+            gz: GzEncoder::new(Vec::new(), Compression::default()),
+            scratch: Vec::new(),
+            strings: HashMap::new(),
+            functions: HashMap::new(),
+            locations: HashMap::new(),
+            synthetic: HashMap::new(),
+        };
+        w.string(""); // index 0 must be the empty string
+        w
+    }
+
+    /// Appends one part to the stream.
+    fn emit(&mut self, part: protos::Profile) {
+        self.scratch.clear();
+        // Encoding into a Vec cannot fail, nor can writing to a Vec.
+        let _ = part.encode(&mut self.scratch);
+        let _ = self.gz.write_all(&self.scratch);
+    }
+
+    /// The sample and period types, times, and for unsymbolized profiles
+    /// the frames pprof must drop.
+    fn header(&mut self, snap: &Snapshot, options: &PprofOptions, unsymbolized: bool) {
+        let sample_type = SampleType::ALL
+            .iter()
+            .map(|t| self.value_type(t.name(), t.unit()))
+            .collect();
+        let period_type = Some(self.value_type("space", "bytes"));
+        let default_sample_type = options
+            .default_sample_type
+            .map_or(0, |t| self.string(t.name()));
+        let (drop_frames, comment) = if unsymbolized {
+            let note = self.string(UNSYMBOLIZED_NOTE);
+            (self.string(symbolize::PLUMBING_REGEX), vec![note])
+        } else {
+            (0, Vec::new())
+        };
+        let time_nanos = snap
+            .time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        self.emit(protos::Profile {
+            sample_type,
+            period_type,
+            period: snap.sample_rate as i64,
+            time_nanos,
+            duration_nanos: snap.duration.map_or(0, |d| d.as_nanos() as i64),
+            default_sample_type,
+            drop_frames,
+            comment,
+            ..Default::default()
+        });
+    }
+
+    fn finish(self) -> Vec<u8> {
+        self.gz.finish().unwrap_or_default()
+    }
+
+    /// The index of `s` in the string table, adding it to the stream if new.
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.strings.get(s) {
             return i;
         }
-        let i = self.table.len() as i64;
-        self.table.push(s.to_owned());
-        self.index.insert(s.to_owned(), i);
+        let i = self.strings.len() as i64;
+        self.strings.insert(s.to_owned(), i);
+        self.emit(protos::Profile {
+            string_table: vec![s.to_owned()],
+            ..Default::default()
+        });
         i
     }
-}
 
-#[derive(Default)]
-struct Builder {
-    strings: Strings,
-    functions: Vec<protos::Function>,
-    function_ids: HashMap<(i64, i64, i64), u64>,
-    locations: Vec<protos::Location>,
-    location_ids: HashMap<(usize, usize), u64>,
-    synthetic_ids: HashMap<&'static str, u64>,
-}
-
-impl Builder {
     fn value_type(&mut self, ty: &str, unit: &str) -> protos::ValueType {
         protos::ValueType {
-            ty: self.strings.intern(ty),
-            unit: self.strings.intern(unit),
+            ty: self.string(ty),
+            unit: self.string(unit),
         }
     }
 
     fn function(&mut self, name: &str, system_name: &str, file: &str) -> u64 {
         let key = (
-            self.strings.intern(name),
-            self.strings.intern(system_name),
-            self.strings.intern(file),
+            self.string(name),
+            self.string(system_name),
+            self.string(file),
         );
-        if let Some(&id) = self.function_ids.get(&key) {
+        if let Some(&id) = self.functions.get(&key) {
             return id;
         }
         let id = self.functions.len() as u64 + 1;
-        self.functions.push(protos::Function {
-            id,
-            name: key.0,
-            system_name: key.1,
-            filename: key.2,
-            start_line: 0,
+        self.functions.insert(key, id);
+        self.emit(protos::Profile {
+            function: vec![protos::Function {
+                id,
+                name: key.0,
+                system_name: key.1,
+                filename: key.2,
+                start_line: 0,
+            }],
+            ..Default::default()
         });
-        self.function_ids.insert(key, id);
         id
     }
 
@@ -232,19 +300,21 @@ impl Builder {
         mapping: Option<usize>,
         info: &mut [MappingInfo],
     ) -> u64 {
-        if let Some(&id) = self.location_ids.get(&(kept.ip, kept.skip_inlined)) {
+        if let Some(&id) = self.locations.get(&(kept.ip, kept.skip_inlined)) {
             return id;
         }
         let frames = resolved.map_or(&[][..], |r| &r[kept.skip_inlined.min(r.len())..]);
-        let mut line = Vec::with_capacity(frames.len());
-        for f in frames {
-            let system = f.system_name.as_deref().unwrap_or(&f.function);
-            let file = f.file.as_deref().unwrap_or("");
-            line.push(protos::Line {
-                function_id: self.function(&f.function, system, file),
-                line: i64::from(f.line),
-            });
-        }
+        let line = frames
+            .iter()
+            .map(|f| {
+                let system = f.system_name.as_deref().unwrap_or(&f.function);
+                let file = f.file.as_deref().unwrap_or("");
+                protos::Line {
+                    function_id: self.function(&f.function, system, file),
+                    line: i64::from(f.line),
+                }
+            })
+            .collect();
         if let Some(m) = mapping {
             let i = &mut info[m];
             i.used = true;
@@ -252,34 +322,40 @@ impl Builder {
             i.all_files &= !frames.is_empty() && frames.iter().all(|f| f.file.is_some());
             i.all_lines &= !frames.is_empty() && frames.iter().all(|f| f.line > 0);
         }
-        let id = self.locations.len() as u64 + 1;
-        self.locations.push(protos::Location {
-            id,
-            mapping_id: mapping.map_or(0, |m| m as u64 + 1),
-            // The call instruction, not the return address.
-            address: kept.ip.saturating_sub(1) as u64,
-            line,
-            is_folded: false,
+        let id = self.locations.len() as u64 + self.synthetic.len() as u64 + 1;
+        self.locations.insert((kept.ip, kept.skip_inlined), id);
+        self.emit(protos::Profile {
+            location: vec![protos::Location {
+                id,
+                mapping_id: mapping.map_or(0, |m| m as u64 + 1),
+                // The call instruction, not the return address.
+                address: kept.ip.saturating_sub(1) as u64,
+                line,
+                is_folded: false,
+            }],
+            ..Default::default()
         });
-        self.location_ids.insert((kept.ip, kept.skip_inlined), id);
         id
     }
 
     fn synthetic_location(&mut self, name: &'static str) -> u64 {
-        if let Some(&id) = self.synthetic_ids.get(name) {
+        if let Some(&id) = self.synthetic.get(name) {
             return id;
         }
         let function_id = self.function(name, name, "");
-        let id = self.locations.len() as u64 + 1;
-        self.locations.push(protos::Location {
-            id,
-            line: vec![protos::Line {
-                function_id,
-                line: 0,
+        let id = self.locations.len() as u64 + self.synthetic.len() as u64 + 1;
+        self.synthetic.insert(name, id);
+        self.emit(protos::Profile {
+            location: vec![protos::Location {
+                id,
+                line: vec![protos::Line {
+                    function_id,
+                    line: 0,
+                }],
+                ..Default::default()
             }],
             ..Default::default()
         });
-        self.synthetic_ids.insert(name, id);
         id
     }
 
@@ -294,8 +370,8 @@ impl Builder {
             memory_start: m.start,
             memory_limit: m.end,
             file_offset: m.offset,
-            filename: self.strings.intern(&m.path),
-            build_id: self.strings.intern(build_id),
+            filename: self.string(&m.path),
+            build_id: self.string(build_id),
             has_functions: info.used && info.all_functions,
             has_filenames: info.used && info.all_files,
             has_line_numbers: info.used && info.all_lines,

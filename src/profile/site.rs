@@ -17,7 +17,8 @@ use super::symbolize::{self, Frame};
 #[non_exhaustive]
 pub struct Site {
     pub(crate) id: u32,
-    pub(crate) stack: Box<[usize]>,
+    /// The site table's copy (never freed), not a copy of it.
+    pub(crate) stack: &'static [usize],
     pub(crate) labels: LabelSet,
     /// Estimated objects allocated here since start (or in the delta window).
     pub alloc_objects: i64,
@@ -137,11 +138,16 @@ pub(super) fn fx_to_objects(fx: u64) -> i64 {
 }
 
 impl Site {
-    pub(super) fn from_counters(id: u32, stack: &[usize], labels: u32, v: CounterValues) -> Site {
+    pub(super) fn from_counters(
+        id: u32,
+        stack: &'static [usize],
+        labels: u32,
+        v: CounterValues,
+    ) -> Site {
         let alloc_objects = fx_to_objects(v.alloc_objects_fx);
         Site {
             id,
-            stack: stack.into(),
+            stack,
             labels: labels::resolve(labels),
             alloc_objects,
             alloc_bytes: v.alloc_bytes as i64,
@@ -171,7 +177,7 @@ impl Site {
 
     /// The raw return addresses, innermost first, profiler frames included.
     pub fn addresses(&self) -> &[usize] {
-        &self.stack
+        self.stack
     }
 
     /// The symbolized stack, innermost first, with the profiler's frames and
@@ -180,7 +186,7 @@ impl Site {
     pub fn frames(&self) -> Vec<Frame> {
         untracked(|| {
             let resolved = symbolize::resolve_all(self.stack.iter().copied());
-            symbolize::trim(&self.stack, &resolved)
+            symbolize::trim(self.stack, &resolved)
                 .into_iter()
                 .flat_map(|k| {
                     let frames = resolved.get(&k.ip).cloned();
@@ -197,7 +203,7 @@ impl Site {
     pub(super) fn minus(&self, b: &Site) -> Site {
         Site {
             id: self.id,
-            stack: self.stack.clone(),
+            stack: self.stack,
             labels: self.labels.clone(),
             alloc_objects: self.alloc_objects - b.alloc_objects,
             alloc_bytes: self.alloc_bytes - b.alloc_bytes,

@@ -56,16 +56,10 @@ pub fn snapshot_older_than(min_age: Duration) -> Snapshot {
     let mut snap = snapshot();
     untracked(|| {
         let cutoff = snap.monotonic_ns.saturating_sub(min_age.as_nanos() as u64);
-        let position: HashMap<u32, usize> = snap
-            .sites
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id, i))
-            .collect();
         let mut old = vec![(0u64, 0u64, 0i64, 0i64); snap.sites.len()];
         live_table::for_each(|r| {
             if r.born_ns <= cutoff
-                && let Some(&i) = position.get(&r.site)
+                && let Some(i) = index_of(&snap.sites, r.site)
             {
                 let o = &mut old[i];
                 o.0 += r.weight_fx;
@@ -117,33 +111,25 @@ pub fn peak_snapshot() -> Option<Snapshot> {
 
 /// Fills each site's oldest and median live-sample age from the live table.
 fn set_ages(sites: &mut [Site], now_ns: u64) {
-    let position: HashMap<u32, usize> = sites.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
-    let mut births: Vec<Vec<u64>> = vec![Vec::new(); sites.len()];
+    // (site index, birth) of every live sample: 16 bytes a live sample.
+    let mut births: Vec<(u32, u64)> = Vec::with_capacity(live_table::live());
     live_table::for_each(|record| {
-        if let Some(&i) = position.get(&record.site) {
-            births[i].push(record.born_ns);
+        if let Some(i) = index_of(sites, record.site) {
+            births.push((i as u32, record.born_ns));
         }
     });
-    for (site, mut born) in sites.iter_mut().zip(births) {
-        if born.is_empty() {
-            continue;
-        }
-        born.sort_unstable();
-        let age = |b: u64| Duration::from_nanos(now_ns.saturating_sub(b));
-        site.oldest_age = Some(age(born[0]));
-        site.median_age = Some(age(born[born.len() / 2]));
+    births.sort_unstable();
+    let age = |b: u64| Duration::from_nanos(now_ns.saturating_sub(b));
+    for run in births.chunk_by(|a, b| a.0 == b.0) {
+        let site = &mut sites[run[0].0 as usize];
+        site.oldest_age = Some(age(run[0].1));
+        site.median_age = Some(age(run[run.len() / 2].1));
     }
 }
 
-/// Symbolizes every address of the current sites into the symbol cache,
-/// without building a profile (the OOM guard's warm-up).
-pub(crate) fn warm_symbols() {
-    untracked(|| {
-        let snap = snapshot();
-        drop(symbolize::resolve_all(
-            snap.sites.iter().flat_map(|s| s.stack.iter().copied()),
-        ));
-    })
+/// Position of site `id` in `sites`, which are in id order.
+fn index_of(sites: &[Site], id: u32) -> Option<usize> {
+    sites.binary_search_by_key(&id, |s| s.id).ok()
 }
 
 impl Snapshot {
@@ -218,7 +204,14 @@ impl Snapshot {
 
     /// [`Snapshot::to_pprof`] with options.
     pub fn to_pprof_with(&self, options: &PprofOptions) -> Vec<u8> {
-        untracked(|| super::proto::encode(self, options))
+        untracked(|| {
+            let resolved = if options.unsymbolized {
+                HashMap::new()
+            } else {
+                symbolize::resolve_all(self.sites.iter().flat_map(|s| s.stack.iter().copied()))
+            };
+            super::proto::encode(self, options, &resolved)
+        })
     }
 
     /// Go's `debug=1` heap text format.
@@ -232,6 +225,7 @@ impl Snapshot {
 pub struct PprofOptions {
     pub(crate) default_sample_type: Option<SampleType>,
     pub(crate) ages: bool,
+    pub(crate) unsymbolized: bool,
 }
 
 impl PprofOptions {
@@ -253,6 +247,15 @@ impl PprofOptions {
     /// samples of two profiles.
     pub fn ages(mut self, ages: bool) -> Self {
         self.ages = ages;
+        self
+    }
+
+    /// Whether to name addresses in process (the default). Without, the
+    /// profile holds addresses and mappings with build IDs only, costs no
+    /// symbolization memory, and is named outside the process by
+    /// `heapprof pprof-heap` or `go tool pprof <binary> <profile>`.
+    pub fn symbolize(mut self, symbolize: bool) -> Self {
+        self.unsymbolized = !symbolize;
         self
     }
 }

@@ -44,7 +44,7 @@ pub(crate) fn encode(snap: &Snapshot) -> String {
     order.sort_by_key(|&i| std::cmp::Reverse(snap.sites[i].sampled.inuse_bytes));
     for i in order {
         let site = &snap.sites[i];
-        let kept = symbolize::trim(&site.stack, &resolved);
+        let kept = symbolize::trim(site.stack, &resolved);
         let s = site.sampled;
         let _ = write!(
             out,

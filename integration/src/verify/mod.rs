@@ -11,7 +11,7 @@ mod report;
 use std::time::{Duration, Instant};
 
 use heapprof::sys::fs::Fs;
-use heapprof::sys::{cgroup, discovery, procfs};
+use heapprof::sys::{cgroup, procfs};
 use heapprof::wire::metric;
 
 pub use report::{LiveGrowth, ProfilerView, ProfilerWindow, VerifyReport};
@@ -79,7 +79,8 @@ pub struct Options {
 
 fn profiler_view(addr: &str) -> Result<(ProfilerView, profile::HeapProfile), String> {
     let body = fetch::get(addr, "/debug/pprof/heap").map_err(|e| e.to_string())?;
-    let p = profile::decode(&body).map_err(|e| e.to_string())?;
+    let p =
+        profile::decode_limited(&body, fetch::settings().max_bytes).map_err(|e| e.to_string())?;
     let total = |t: &str| p.total(t).map_err(|e| e.to_string());
     let metrics = fetch::get(addr, "/metrics")
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -124,8 +125,8 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
     };
     r.pid = Some(pid);
     procfs::read_process(&fs, pid)?; // fail early if the target is gone
-    let addr = match discovery::find(&discovery::dir(), pid) {
-        Ok(e) => Some(e.addr),
+    let addr = match fetch::endpoint_of(pid) {
+        Ok(addr) => Some(addr),
         Err(e) => {
             r.notes.push(e.to_string());
             None

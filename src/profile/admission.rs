@@ -1,0 +1,240 @@
+//! Admission: whether the process has room for a profile build, before
+//! it starts.
+//!
+//! Profiles are taken when memory is already high, in a container near its
+//! limit; a build that pushed the working set over the limit would get the
+//! process OOM-killed, taking the evidence with it. So every build (the
+//! endpoint's, the OOM guard's, the gops agent's) first asks [`admit`]
+//! with its kind. The answer compares the build's cost, an upper bound of
+//! the anonymous memory it adds, with the headroom of the process's memory
+//! cgroup (limit minus working set, as the kubelet and the OOM killer
+//! count, v1 or v2), minus what builds already admitted have reserved and
+//! a margin for everything else the process does meanwhile:
+//!
+//! - it fits symbolized: a full profile;
+//! - only without symbolization: an unsymbolized profile (addresses and
+//!   build IDs, named later outside the process);
+//! - not at all: [`NoRoom`], which the endpoint answers with 503 and
+//!   `Retry-After`.
+//!
+//! Without a memory limit every build is admitted symbolized. Costs come
+//! from `cargo bench --bench profile_memory` (BENCHMARKS.md, "Memory of a
+//! profile"), rounded up.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::sys::cgroup;
+use crate::sys::fs::Fs;
+
+/// What kind of profile is about to be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildKind {
+    /// A heap profile of the current sites (also `allocs`, peak, deltas).
+    Heap,
+    /// A CPU profile over a window.
+    Cpu,
+    /// A profile of every thread's stack.
+    Threads,
+}
+
+/// How an admitted build may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BuildMode {
+    /// Names resolved in process.
+    Symbolized,
+    /// Addresses and mappings only.
+    Unsymbolized,
+}
+
+/// A build's place in memory: the mode it may run in, and its reservation,
+/// released on drop.
+#[derive(Debug)]
+#[must_use = "the reservation is released when the admission is dropped"]
+pub struct Admission {
+    mode: BuildMode,
+    reserved: u64,
+}
+
+impl Admission {
+    /// The mode the build may run in.
+    pub fn mode(&self) -> BuildMode {
+        self.mode
+    }
+
+    /// Whether the build may symbolize in process.
+    pub fn symbolize(&self) -> bool {
+        self.mode == BuildMode::Symbolized
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        RESERVED.fetch_sub(self.reserved, Ordering::Relaxed);
+    }
+}
+
+/// A build refused for lack of memory.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(
+    "not enough memory for a {kind} profile: it needs about {} KiB, and the memory cgroup \
+     has {} KiB left before its limit (after a {} KiB margin and {} KiB reserved by builds \
+     in progress); retry when memory is lower",
+    needed >> 10, headroom >> 10, margin >> 10, reserved >> 10
+)]
+pub struct NoRoom {
+    /// The profile kind, e.g. `heap`.
+    pub kind: &'static str,
+    /// Bytes the cheapest form of the build needs.
+    pub needed: u64,
+    /// Bytes between the working set and the limit.
+    pub headroom: u64,
+    /// Bytes kept free for everything else.
+    pub margin: u64,
+    /// Bytes reserved by admitted builds still running.
+    pub reserved: u64,
+}
+
+impl NoRoom {
+    /// When retrying makes sense.
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// Bytes reserved by admitted builds that are still running.
+static RESERVED: AtomicU64 = AtomicU64::new(0);
+
+/// Fixed cost of a symbolized build: the resolver's working set for one
+/// compilation unit, the gzip state, the output buffer's growth.
+const SYMBOLIZED_BASE: u64 = 3 << 20;
+/// Fixed cost without symbolization.
+const UNSYMBOLIZED_BASE: u64 = 1 << 20;
+/// Per call site, symbolized: the snapshot, names of its addresses, the
+/// encoder's maps and output.
+const SYMBOLIZED_PER_SITE: u64 = 2048;
+/// Per call site, unsymbolized.
+const UNSYMBOLIZED_PER_SITE: u64 = 512;
+/// Kept free beyond the build, for the rest of the process.
+const MARGIN_MIN: u64 = 2 << 20;
+
+/// Costs of a build of `kind` now, `(symbolized, unsymbolized)`, bytes.
+pub(crate) fn costs(kind: BuildKind) -> (u64, u64) {
+    let units = match kind {
+        BuildKind::Heap => crate::stats().sites as u64 + 1,
+        // Distinct stacks of a CPU profile and threads of a thread
+        // profile, bounded by their own tables.
+        BuildKind::Cpu => 4096,
+        BuildKind::Threads => crate::sys::procfs::self_status().threads.max(1),
+    };
+    (
+        SYMBOLIZED_BASE + units * SYMBOLIZED_PER_SITE,
+        UNSYMBOLIZED_BASE + units * UNSYMBOLIZED_PER_SITE,
+    )
+}
+
+/// The memory cgroup of this process, looked up once.
+fn own_cgroup() -> Option<&'static str> {
+    static DIR: OnceLock<Option<String>> = OnceLock::new();
+    DIR.get_or_init(|| cgroup::dir_of_self(&Fs::real()))
+        .as_deref()
+}
+
+/// `(headroom, limit)` of this process's memory cgroup, bytes; `None`
+/// without a limit.
+pub fn headroom() -> Option<(u64, u64)> {
+    let memory = cgroup::read(&Fs::real(), own_cgroup()?, 0).ok()?;
+    Some((memory.headroom()?, memory.limit?))
+}
+
+/// Admits a build of `kind`, symbolized if it fits, else unsymbolized if
+/// that fits, else refuses.
+pub fn admit(kind: BuildKind) -> Result<Admission, NoRoom> {
+    let (symbolized, unsymbolized) = costs(kind);
+    admit_with(kind, symbolized, unsymbolized, headroom())
+}
+
+fn admit_with(
+    kind: BuildKind,
+    symbolized: u64,
+    unsymbolized: u64,
+    room: Option<(u64, u64)>,
+) -> Result<Admission, NoRoom> {
+    let Some((headroom, limit)) = room else {
+        RESERVED.fetch_add(symbolized, Ordering::Relaxed);
+        return Ok(Admission {
+            mode: BuildMode::Symbolized,
+            reserved: symbolized,
+        });
+    };
+    let margin = MARGIN_MIN.max(limit / 64);
+    for (mode, cost) in [
+        (BuildMode::Symbolized, symbolized),
+        (BuildMode::Unsymbolized, unsymbolized),
+    ] {
+        // Reserve first, then check, so two builds racing cannot both
+        // count the same headroom.
+        let before = RESERVED.fetch_add(cost, Ordering::Relaxed);
+        if before + cost + margin <= headroom {
+            return Ok(Admission {
+                mode,
+                reserved: cost,
+            });
+        }
+        RESERVED.fetch_sub(cost, Ordering::Relaxed);
+    }
+    Err(NoRoom {
+        kind: match kind {
+            BuildKind::Heap => "heap",
+            BuildKind::Cpu => "CPU",
+            BuildKind::Threads => "threads",
+        },
+        needed: unsymbolized,
+        headroom,
+        margin,
+        reserved: RESERVED.load(Ordering::Relaxed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: u64 = 1 << 20;
+
+    #[test]
+    fn degrades_then_refuses_as_headroom_shrinks() {
+        let limit = 256 * M; // margin 4 MiB
+        let a = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((20 * M, limit))).unwrap();
+        assert_eq!(a.mode(), BuildMode::Symbolized);
+        drop(a);
+        let a = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((8 * M, limit))).unwrap();
+        assert_eq!(a.mode(), BuildMode::Unsymbolized);
+        drop(a);
+        let e = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((5 * M, limit))).unwrap_err();
+        assert_eq!((e.needed, e.headroom, e.margin), (2 * M, 5 * M, 4 * M));
+        assert!(e.to_string().contains("heap profile"), "{e}");
+        let free = admit_with(BuildKind::Cpu, 600 * M, 600 * M, None).unwrap();
+        assert!(free.symbolize(), "no limit: always room");
+        drop(free);
+
+        // Builds in progress hold their reservation (one test: the
+        // reservations are process-wide).
+        let limit = 128 * M; // margin 2 MiB
+        let first = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit))).unwrap();
+        assert!(first.symbolize());
+        // The same headroom, read before the first build allocated.
+        let second = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit))).unwrap();
+        assert_eq!(second.mode(), BuildMode::Unsymbolized);
+        assert!(admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit))).is_err());
+        drop((first, second));
+        assert!(
+            admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit)))
+                .unwrap()
+                .symbolize()
+        );
+    }
+}

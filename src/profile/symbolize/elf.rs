@@ -1,0 +1,170 @@
+//! An ELF file mapped read-only for one batch of symbolization: its
+//! sections as slices of the mapping, its load segments, and its symbol
+//! tables. The pages are file-backed (the kernel can drop them under
+//! pressure), and the mapping goes away with the [`Image`].
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionFlags, SymbolKind};
+
+/// A read-only private mapping of a whole file.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapping {
+    fn of(file: &File) -> Option<Mapping> {
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: a fresh read-only private mapping of an open file with no
+        // address hint; the result is checked against MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then_some(Mapping { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes are mapped at `ptr` until drop, and
+        // the mapping is private, so no one writes to them meanwhile (a
+        // file truncated under us would make reads fault, which a binary
+        // being symbolized while it runs does not do).
+        unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `of` mapped; nothing borrows it any
+        // more (`Image` drops its parsed views first).
+        unsafe {
+            libc::munmap(self.ptr, self.len);
+        }
+    }
+}
+
+/// One mapped ELF file.
+pub(crate) struct Image {
+    map: Mapping,
+}
+
+/// A function symbol: entry address (link-time) and demangled name.
+#[derive(Clone, Debug)]
+pub(crate) struct Symbol {
+    pub start: u64,
+    pub name: String,
+}
+
+impl Image {
+    /// Maps the file at `path`; `None` if it cannot be read or parsed.
+    pub fn open(path: &str) -> Option<Image> {
+        let file = File::open(path).ok()?;
+        let map = Mapping::of(&file)?;
+        object::File::parse(map.bytes()).ok()?;
+        Some(Image { map })
+    }
+
+    /// The separate debug file of `obj` in the system's debug directory
+    /// (`/usr/lib/debug/.build-id/xx/yyyy.debug`, matched by GNU build ID),
+    /// if installed.
+    pub fn debug_file(obj: &object::File<'_>) -> Option<Image> {
+        let id = obj.build_id().ok().flatten().filter(|id| id.len() >= 2)?;
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        Image::open(&format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        ))
+    }
+
+    /// The parsed ELF (cheap: headers only).
+    pub fn object(&self) -> object::File<'_> {
+        object::File::parse(self.map.bytes()).expect("parsed when opened")
+    }
+
+    /// The contents of section `name`, empty if absent. A compressed
+    /// section (which would have to be inflated into anonymous memory) is
+    /// reported as absent.
+    pub fn section<'a>(obj: &object::File<'a>, name: &str) -> &'a [u8] {
+        obj.section_by_name(name)
+            .filter(|s| !is_compressed(s.flags()))
+            .and_then(|s| s.data().ok())
+            .unwrap_or(&[])
+    }
+
+    /// The link-time address of file offset `offset`, through the load
+    /// segment that maps it.
+    pub fn vaddr_of_offset(obj: &object::File<'_>, offset: u64) -> Option<u64> {
+        obj.segments().find_map(|s| {
+            let (start, size) = s.file_range();
+            (start <= offset && offset < start + size).then(|| offset - start + s.address())
+        })
+    }
+
+    /// The file offset of link-time address `vaddr`, through the load
+    /// segment that holds it.
+    pub fn offset_of_vaddr(obj: &object::File<'_>, vaddr: u64) -> Option<u64> {
+        obj.segments().find_map(|s| {
+            let (start, size) = s.file_range();
+            (s.address() <= vaddr && vaddr < s.address() + size)
+                .then(|| vaddr - s.address() + start)
+        })
+    }
+
+    /// For each of `vaddrs` (sorted), the function symbol containing it,
+    /// from `.symtab`, else `.dynsym`; one pass over the tables.
+    pub fn symbols_at(obj: &object::File<'_>, vaddrs: &[u64]) -> Vec<Option<Symbol>> {
+        // (rank, name): the tightest enclosing symbol wins; among aliases
+        // at one address, a global one, then one without a leading `_`
+        // (glibc's `clone3` over its internal `__GI___clone3`).
+        let mut best: Vec<Option<(Rank, &str)>> = vec![None; vaddrs.len()];
+        let symbols = obj.symbols().chain(obj.dynamic_symbols());
+        for sym in symbols.filter(|s| s.kind() == SymbolKind::Text && s.is_definition()) {
+            let (start, size) = (sym.address(), sym.size().max(1));
+            let Ok(name) = sym.name() else { continue };
+            if start == 0 || name.is_empty() {
+                continue;
+            }
+            let rank = (start, sym.is_global(), !name.starts_with('_'));
+            let first = vaddrs.partition_point(|&v| v < start);
+            for (i, &v) in vaddrs.iter().enumerate().skip(first) {
+                if v >= start.saturating_add(size) {
+                    break;
+                }
+                if best[i].is_none_or(|(r, _)| rank > r) {
+                    best[i] = Some((rank, name));
+                }
+            }
+        }
+        best.into_iter()
+            .map(|b| {
+                b.map(|((start, ..), name)| Symbol {
+                    start,
+                    name: super::demangle(name),
+                })
+            })
+            .collect()
+    }
+}
+
+/// How well a symbol names an address: `(start, global, no leading _)`,
+/// larger is better.
+type Rank = (u64, bool, bool);
+
+fn is_compressed(flags: SectionFlags) -> bool {
+    match flags {
+        SectionFlags::Elf { sh_flags, .. } => sh_flags.0 & object::elf::SHF_COMPRESSED.0 != 0,
+        _ => false,
+    }
+}
