@@ -8,7 +8,7 @@
 //! reentrancy guard, so the profiler's own allocations never appear in the
 //! profiles it writes.
 
-mod mappings;
+pub(crate) mod mappings;
 mod proto;
 mod site;
 mod snapshot;
