@@ -9,6 +9,8 @@
 //! | `/debug/pprof/heap` | gzipped pprof heap profile; `?debug=1` text, `?seconds=N` delta, `?gc=1` purge first |
 //! | `/debug/pprof/allocs` | the same, viewers start on `alloc_space` |
 //! | `/debug/pprof/profile?seconds=N` | gzipped pprof CPU profile (default 30 s) |
+//! | `/debug/pprof/goroutine` | every OS thread's current stack as Go's goroutine profile; `?debug=1` grouped text, `?debug=2` per-thread dump |
+//! | `/debug/pprof/block`, `mutex`, `threadcreate` | valid, always-empty profiles whose comment says why (Rust records no contention) |
 //! | `/debug/pprof/cmdline` | argv, NUL-separated |
 //! | `/debug/pprof/symbol` | Go's remote symbolization protocol |
 //! | `/metrics` | Prometheus text exposition |
