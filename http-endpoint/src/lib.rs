@@ -27,7 +27,8 @@
 //! ```
 //!
 //! An axum service nests [`router()`] instead, and may call [`announce`] so
-//! `heapprof ps` finds it.
+//! `heapprof ps` finds it. A service nothing scrapes can push its heap
+//! profile to Grafana Pyroscope instead: [`push::PushConfig`].
 //!
 //! # The endpoint must not become the incident
 //! Profile requests are bounded ([`Config`]): concurrent requests for the
@@ -51,6 +52,7 @@ pub mod gops;
 mod jemalloc;
 mod metrics;
 mod params;
+pub mod push;
 mod router;
 mod routes;
 mod serve;
