@@ -208,9 +208,10 @@ fn every_thread_is_counted_and_parked_threads_name_their_function() {
         .iter()
         .find(|(n, _, _)| n == "stuck-in-alloc")
         .unwrap_or_else(|| panic!("no sample for the stuck thread:\n{}", dump()));
-    // The frame-pointer walk cannot see the immediate caller of the libc
-    // function the thread sleeps in (libc keeps no frame pointers), so the
-    // allocator shows as heapprof's `GlobalAlloc::alloc` that wraps it.
+    // The allocator sleeps two libc calls deep (usleep, clock_nanosleep;
+    // no frame pointers): the unwinder recovers one of them, and the test
+    // allocator, inlined into heapprof's `GlobalAlloc::alloc`, shows as
+    // that.
     for expected in ["GlobalAlloc>::alloc", "stuck_inside_the_allocator"] {
         assert!(
             frames.iter().any(|f| f.contains(expected)),

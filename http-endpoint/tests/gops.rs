@@ -91,7 +91,8 @@ fn gops_client_gets_version_memstats_heap_profile_and_stats() {
     assert!(stats.contains("num CPU: "), "{stats}");
 
     // `gops stack`: every thread's stack, Go's goroutine-dump layout; the
-    // agent's own thread is caught answering.
+    // agent's own thread is caught answering, this one waiting in `ask`
+    // (blocked in libc's recv, which keeps no frame pointer).
     let stacks = String::from_utf8(ask(&dir, pid, STACK_TRACE)).unwrap();
     let threads = heapprof::sys::procfs::self_status().threads as usize;
     let headers = stacks.lines().filter(|l| l.starts_with("thread ")).count();
@@ -103,6 +104,7 @@ fn gops_client_gets_version_memstats_heap_profile_and_stats() {
         stacks.contains("\"heapprof-gops\" [R (running)]:\nheapprof_http::gops::answer\n\t"),
         "{stacks}"
     );
+    assert!(stacks.contains("\ngops::ask\n\t"), "{stacks}");
 
     assert_eq!(ask(&dir, pid, GC), b"ok");
     let unknown = String::from_utf8(ask(&dir, pid, 0x42)).unwrap();

@@ -21,9 +21,11 @@
 //! interrupts blocking syscalls; with `SA_RESTART` most resume, and those
 //! the kernel never restarts (`epoll_wait`, `nanosleep`) return `EINTR`
 //! once, as they do under the CPU profiler's `SIGPROF`. Stacks are walked
-//! by frame pointers: functions built without them (most of libc) are
-//! skipped, and code that uses the frame-pointer register for data ends
-//! the walk early. The requester holds one slot of `MAX_FRAMES` (128) words
+//! by frame pointers, with two repairs for the C library functions threads
+//! block in, which keep none (`unwind`): the caller of a frameless leaf is
+//! found above the stack pointer, and a leaf that reuses the frame-pointer
+//! register is bridged through the frame pointer it saved. Functions
+//! without frame pointers further up the stack are skipped. The requester holds one slot of `MAX_FRAMES` (128) words
 //! per thread while it waits (about 1 KiB a thread).
 
 mod encode;
@@ -283,11 +285,11 @@ fn dump(timeout: Duration) -> ThreadDump {
         });
     }
     // After the task list: every listed thread's stack is mapped by now.
-    let stacks = writable_mappings(&fs);
+    let (stacks, code) = mappings(&fs);
     let me = signal::gettid();
 
     let (signal, answers, error) =
-        match chosen.and_then(|_| signal::capture(&targets, stacks, timeout)) {
+        match chosen.and_then(|_| signal::capture(&targets, stacks, code, timeout)) {
             Ok((signal, answers)) => (Some(signal), answers, None),
             Err(e) => (
                 chosen_signal(&e),
@@ -306,7 +308,8 @@ fn dump(timeout: Duration) -> ThreadDump {
     );
     for (thread, answer) in threads.iter_mut().zip(answers) {
         match answer {
-            Answer::Stack(stack) => {
+            Answer::Stack(mut stack) => {
+                drop_echo_of_the_leaf(&mut stack, &resolved);
                 thread.kept = if thread.tid == me {
                     trim_requester(&stack, &resolved)
                 } else {
@@ -346,18 +349,43 @@ fn chosen_signal(e: &ThreadDumpError) -> Option<i32> {
     }
 }
 
-/// The readable and writable private mappings: every thread stack (and
-/// alternate signal stack) is one of them.
-fn writable_mappings(fs: &Fs) -> Vec<StackRange> {
+/// The readable and writable private mappings (every thread stack and
+/// alternate signal stack is one of them) and the executable ones.
+fn mappings(fs: &Fs) -> (Vec<StackRange>, Vec<StackRange>) {
     let text = fs.read("/proc/self/maps").unwrap_or_default();
-    maps::parse_maps(&text)
-        .into_iter()
-        .filter(|m| m.perms.starts_with("rw") && m.perms.ends_with('p'))
-        .map(|m| StackRange {
+    let (mut stacks, mut code) = (Vec::new(), Vec::new());
+    for m in maps::parse_maps(&text) {
+        let range = StackRange {
             low: m.start as usize,
             high: m.end as usize,
-        })
-        .collect()
+        };
+        if m.perms.starts_with("rw") && m.perms.ends_with('p') {
+            stacks.push(range);
+        } else if m.perms.starts_with("r-x") {
+            code.push(range);
+        }
+    }
+    (stacks, code)
+}
+
+/// A return address the unwinder found above the stack pointer of a
+/// frameless leaf can lie in the leaf function itself (a call the leaf made
+/// earlier, its return address still on the stack): the stack would show
+/// the leaf twice. Drop the second when both name the same function (which
+/// also hides one level of a leaf calling itself directly).
+fn drop_echo_of_the_leaf(stack: &mut Vec<usize>, resolved: &HashMap<usize, Resolved>) {
+    let function = |ip: &usize| {
+        resolved
+            .get(ip)
+            .and_then(|r| r.last())
+            .map(|f| f.function.as_str())
+    };
+    if let [leaf, caller, ..] = stack.as_slice()
+        && function(leaf).is_some()
+        && function(leaf) == function(caller)
+    {
+        stack.remove(1);
+    }
 }
 
 /// The dumping thread's own stack starts inside the dump machinery (the

@@ -36,7 +36,9 @@
 //! - calls only `syscall(2)` (`gettid`, and `rt_sigprocmask` to probe
 //!   pages, see `unwind`), which is async-signal-safe, and saves and
 //!   restores `errno` around itself;
-//! - never unwinds with libgcc, only walks frame records, bounds-checked;
+//! - never unwinds with libgcc; it reads only words of the interrupted
+//!   stack and bytes of code, inside mappings listed before the signal was
+//!   sent, each page probed readable first (`unwind`);
 //! - never panics: no indexing that can fail, no arithmetic that can
 //!   overflow, no `unwrap` (and `extern "C"` turns a panic into an abort
 //!   rather than unwinding into the interrupted code).
@@ -98,10 +100,13 @@ struct Request {
     slots: Box<[Slot]>,
     /// Readable and writable private mappings, sorted by start.
     stacks: Box<[StackRange]>,
+    /// Executable mappings, sorted by start.
+    code: Box<[StackRange]>,
 }
 
 // SAFETY: a Request is shared between the requester and signal handlers.
-// `tid` and `stacks` are written before publication and only read after.
+// `tid`, `stacks` and `code` are written before publication and only read
+// after.
 // Each slot's `frames` is written only by the one thread whose id it
 // carries, after it moved the slot WAITING -> WRITING with a
 // compare-exchange (so once), and read by the requester only after it
@@ -178,10 +183,14 @@ fn record(request: &Request, context: *mut libc::c_void) {
                 low: regs.sp,
                 high: regs.sp,
             });
+            let memory = unwind::Memory {
+                stack,
+                code: &request.code,
+            };
             // SAFETY: this thread claimed the slot above, so it is the only
             // writer, and the requester reads only after DONE.
             let frames = unsafe { &mut *slot.frames.get() };
-            unwind::unwind_from_context(regs, stack, frames)
+            unwind::unwind_from_context(regs, memory, frames)
         }
         None => 0,
     };
@@ -362,11 +371,12 @@ fn query(signal: i32) -> Result<libc::sighandler_t, ThreadDumpError> {
 }
 
 /// Captures the stacks of `targets`, waiting at most `timeout` for answers.
-/// `stacks` are the readable-writable mappings as `[start, end)`. Returns
-/// the signal used and one answer per target, in order.
+/// `stacks` are the readable-writable mappings and `code` the executable
+/// ones. Returns the signal used and one answer per target, in order.
 pub(crate) fn capture(
     targets: &[Target],
     stacks: Vec<StackRange>,
+    code: Vec<StackRange>,
     timeout: Duration,
 ) -> Result<(i32, Vec<Answer>), ThreadDumpError> {
     if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
@@ -387,11 +397,13 @@ pub(crate) fn capture(
             frames: UnsafeCell::new([0; MAX_FRAMES]),
         })
         .collect();
-    let mut stacks = stacks;
+    let (mut stacks, mut code) = (stacks, code);
     stacks.sort_by_key(|r| r.low);
+    code.sort_by_key(|r| r.low);
     let request = Box::into_raw(Box::new(Request {
         slots,
         stacks: stacks.into_boxed_slice(),
+        code: code.into_boxed_slice(),
     }));
     CURRENT.store(request, Ordering::SeqCst);
     // SAFETY: `request` stays allocated until the end of this function
@@ -530,6 +542,7 @@ mod tests {
                 },
             ]
             .into(),
+            code: Box::new([]),
         };
         assert_eq!(request.slot(7).map(|s| s.tid), Some(7));
         assert!(request.slot(8).is_none());

@@ -78,21 +78,47 @@ pub(crate) unsafe fn registers(context: *const core::ffi::c_void) -> Option<Regi
     }
 }
 
+/// What an unwind may read: the interrupted thread's stack mapping and the
+/// process's executable mappings (sorted by start), both from a snapshot
+/// of `/proc/self/maps` taken before the signal was sent.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Memory<'a> {
+    pub stack: StackRange,
+    pub code: &'a [StackRange],
+}
+
+/// How far above the interrupted stack pointer a frameless leaf's frame
+/// is searched for its return address and its caller's saved frame
+/// pointer. C library wrappers of blocking syscalls use far less.
+const SCAN_BYTES: usize = 1024;
+
 /// Writes the interrupted thread's stack into `buf`, innermost first, and
 /// returns how many entries were written.
 ///
 /// Entries follow the return-address convention of sampled stacks, so the
 /// same symbolizer reads both: the first entry is `pc + 1` (a return
 /// address points just after its call; `pc + 1` points just after the
-/// interrupted instruction's first byte), the others are the return
-/// addresses of the frame-pointer chain that starts at `regs.fp`. The walk
-/// reads only 8-aligned frame records inside `[max(stack.low, regs.sp),
-/// stack.high)`, each moving towards the top of the stack, each page
-/// probed readable first; it stops at the first record that breaks a rule,
-/// a null return address or a full `buf`.
+/// interrupted instruction's first byte), the others are return addresses.
+///
+/// The frame-pointer chain starts at `regs.fp` when the record there looks
+/// genuine: inside the stack above `regs.sp`, its return address just
+/// after a call instruction (x86_64). Code built without frame pointers
+/// (most of libc) breaks that in two ways, both repaired from the words
+/// just above the stack pointer (at most [`SCAN_BYTES`]):
+/// - a frameless leaf (a syscall wrapper) leaves its caller out of the
+///   chain; the first return address above the stack pointer, below the
+///   chain's first record, is that caller;
+/// - a leaf that uses the frame-pointer register for data leaves no chain
+///   at all; the caller's frame pointer it saved on entry is then found as
+///   the first word that points to two genuine records in a row.
+///
+/// Every read is 8-aligned, inside the stack mapping (or a code mapping,
+/// for the call-instruction check) and on pages probed readable first. The
+/// chain stops at a record that moves down the stack, a return address that
+/// is null or not after a call, or a full `buf`.
 ///
 /// Async-signal-safe and panic-free.
-pub(crate) fn unwind_from_context(regs: Registers, stack: StackRange, buf: &mut [usize]) -> usize {
+pub(crate) fn unwind_from_context(regs: Registers, memory: Memory<'_>, buf: &mut [usize]) -> usize {
     if regs.pc == 0 {
         return 0;
     }
@@ -101,48 +127,33 @@ pub(crate) fn unwind_from_context(regs: Registers, stack: StackRange, buf: &mut 
     };
     *first = regs.pc.wrapping_add(1);
     let mut n = 1;
-    let low = stack.low.max(regs.sp);
-    let high = stack.high;
-    let mut fp = regs.fp;
-    // Addresses below this are on pages already probed readable.
-    let mut probed_to = 0usize;
+    let mut reader = Reader::new(memory, regs.sp);
+    let scan_end = reader.low.saturating_add(SCAN_BYTES);
+    let start = if reader.is_record(regs.fp) {
+        Some(regs.fp)
+    } else {
+        reader.find_saved_frame_pointer(scan_end)
+    };
+    // The frameless leaf's caller, when the chain does not already start
+    // with it.
+    let first_record = start.unwrap_or(scan_end).min(scan_end);
+    if let Some(ret) = reader.find_return_address(first_record)
+        && start.and_then(|fp| reader.stack_word(fp.wrapping_add(8))) != Some(ret)
+        && let Some(slot) = buf.get_mut(n)
+    {
+        *slot = ret;
+        n += 1;
+    }
+    let Some(mut fp) = start else {
+        return n;
+    };
     while n < buf.len() {
-        if !fp.is_multiple_of(8) || fp < low {
-            break;
-        }
-        let Some(end) = fp.checked_add(16) else {
+        let (Some(next), Some(ret)) =
+            (reader.stack_word(fp), reader.stack_word(fp.wrapping_add(8)))
+        else {
             break;
         };
-        if end > high {
-            break;
-        }
-        if end > probed_to {
-            let mut page = fp.max(probed_to) & !(PROBE_GRANULE - 1);
-            let mut readable = true;
-            while page < end {
-                if !is_readable(page) {
-                    readable = false;
-                    break;
-                }
-                page = page.saturating_add(PROBE_GRANULE);
-            }
-            if !readable {
-                break;
-            }
-            probed_to = page;
-        }
-        // SAFETY: [fp, fp + 16) is 8-aligned, inside the thread's stack
-        // mapping and on pages just probed readable. The interrupted thread
-        // is this thread (the handler runs on it), so its own stack cannot
-        // be unmapped while we read. Volatile: the words belong to frames
-        // of interrupted code, not to any Rust object.
-        let (next, ret) = unsafe {
-            (
-                core::ptr::read_volatile(fp as *const usize),
-                core::ptr::read_volatile((fp + 8) as *const usize),
-            )
-        };
-        if ret == 0 {
+        if ret == 0 || !reader.follows_call(ret) {
             break;
         }
         if let Some(slot) = buf.get_mut(n) {
@@ -155,6 +166,144 @@ pub(crate) fn unwind_from_context(regs: Registers, stack: StackRange, buf: &mut 
         fp = next;
     }
     n
+}
+
+/// Bounds-checked, probe-first reads of the interrupted thread's stack and
+/// of code.
+struct Reader<'a> {
+    low: usize,
+    high: usize,
+    code: &'a [StackRange],
+    /// `[low & !page, probed_to)` has been probed readable, page by page.
+    probed_to: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(memory: Memory<'a>, sp: usize) -> Self {
+        let low = memory.stack.low.max(sp);
+        Reader {
+            low,
+            high: memory.stack.high,
+            code: memory.code,
+            probed_to: low & !(PROBE_GRANULE - 1),
+        }
+    }
+
+    /// The stack word at `addr`, if `addr` is 8-aligned, inside
+    /// `[low, high)` and readable.
+    fn stack_word(&mut self, addr: usize) -> Option<usize> {
+        let end = addr.checked_add(8)?;
+        if !addr.is_multiple_of(8) || addr < self.low || end > self.high {
+            return None;
+        }
+        while self.probed_to < end {
+            if !is_readable(self.probed_to) {
+                return None;
+            }
+            self.probed_to = self.probed_to.saturating_add(PROBE_GRANULE);
+        }
+        // SAFETY: [addr, addr + 8) is 8-aligned, inside the thread's stack
+        // mapping and on pages probed readable. The interrupted thread is
+        // this thread (the handler runs on it), so its own stack cannot be
+        // unmapped while we read. Volatile: the word belongs to frames of
+        // interrupted code, not to any Rust object.
+        Some(unsafe { core::ptr::read_volatile(addr as *const usize) })
+    }
+
+    /// Whether `fp` holds a genuine frame record: `[next, ret]` with `next`
+    /// null or higher up the stack and `ret` just after a call.
+    fn is_record(&mut self, fp: usize) -> bool {
+        let (Some(next), Some(ret)) = (self.stack_word(fp), self.stack_word(fp.wrapping_add(8)))
+        else {
+            return false;
+        };
+        ret != 0 && (next == 0 || next > fp) && self.follows_call(ret)
+    }
+
+    /// The first word in `[low, end)` that points to a genuine record
+    /// whose successor is genuine too (or the end of the chain): the
+    /// caller's frame pointer saved by a function that reuses the register.
+    fn find_saved_frame_pointer(&mut self, end: usize) -> Option<usize> {
+        let mut addr = self.low.checked_add(7)? & !7;
+        while addr < end {
+            let w = self.stack_word(addr)?;
+            if w > addr && self.is_record(w) {
+                match self.stack_word(w) {
+                    Some(0) => return Some(w),
+                    Some(next) if self.is_record(next) => return Some(w),
+                    _ => {}
+                }
+            }
+            addr += 8;
+        }
+        None
+    }
+
+    /// The first word in `[low, end)` that is a return address.
+    fn find_return_address(&mut self, end: usize) -> Option<usize> {
+        let mut addr = self.low.checked_add(7)? & !7;
+        while addr < end {
+            let w = self.stack_word(addr)?;
+            if self.follows_call(w) {
+                return Some(w);
+            }
+            addr += 8;
+        }
+        None
+    }
+
+    /// Whether `ret` points into code just after a call instruction: on
+    /// x86_64 a direct `call rel32` (`E8`) or an indirect `call r/m64`
+    /// (`FF /2`) whose encoded length ends exactly at `ret`. Elsewhere, any
+    /// address in code.
+    fn follows_call(&self, ret: usize) -> bool {
+        let Some(before) = ret.checked_sub(8) else {
+            return false;
+        };
+        let in_code = self.code.iter().any(|r| r.low <= before && ret <= r.high);
+        if !in_code {
+            return false;
+        }
+        if !cfg!(target_arch = "x86_64") {
+            return true;
+        }
+        if !is_readable(before) || !is_readable(ret - 1) {
+            return false;
+        }
+        // SAFETY: [ret - 8, ret) lies inside an executable file mapping
+        // and both its ends were just probed readable; code is not a Rust
+        // object, hence the unaligned volatile read.
+        let bytes = unsafe { core::ptr::read_volatile(before as *const [u8; 8]) };
+        if bytes[3] == 0xe8 {
+            return true;
+        }
+        (2..=7).any(|k| {
+            let at = 8 - k;
+            bytes[at] == 0xff
+                && bytes.get(at + 1).is_some_and(|&modrm| {
+                    (modrm >> 3) & 7 == 2
+                        && indirect_call_len(modrm, bytes.get(at + 2).copied()) == k
+                })
+        })
+    }
+}
+
+/// Length of `FF /2` (`call r/m64`) with this ModRM byte (and SIB byte,
+/// when there is one): opcode, ModRM, SIB, displacement.
+fn indirect_call_len(modrm: u8, sib: Option<u8>) -> usize {
+    let (md, rm) = (modrm >> 6, modrm & 7);
+    if md == 3 {
+        return 2;
+    }
+    let has_sib = rm == 4;
+    let disp = match md {
+        0 if rm == 5 => 4,
+        0 if has_sib && sib.is_some_and(|s| s & 7 == 5) => 4,
+        0 => 0,
+        1 => 1,
+        _ => 4,
+    };
+    2 + usize::from(has_sib) + disp
 }
 
 /// Whether the 8 bytes at `addr` can be read, asked of the kernel so that an
@@ -191,10 +340,50 @@ fn is_readable(addr: usize) -> bool {
 mod tests {
     use super::*;
 
-    /// A fake stack: frame records `[next fp, return address]` laid out in a
-    /// buffer the way a frame-pointer chain lays them out on a real stack.
-    fn fake_stack(words: usize) -> Vec<usize> {
-        vec![0usize; words]
+    /// Fake code: `call rel32` instructions back to back, so that every
+    /// address `CALLS + 5 * (i + 1)` is a return address; then indirect
+    /// calls of several encodings.
+    struct Code {
+        bytes: Vec<u8>,
+    }
+
+    const INDIRECT: &[&[u8]] = &[
+        &[0xff, 0xd0],                      // call rax
+        &[0x41, 0xff, 0xd3],                // call r11
+        &[0xff, 0x50, 0x18],                // call [rax+0x18]
+        &[0xff, 0x54, 0x24, 0x08],          // call [rsp+8]
+        &[0xff, 0x15, 1, 2, 3, 4],          // call [rip+disp32]
+        &[0xff, 0x94, 0x24, 0x10, 0, 0, 0], // call [rsp+disp32]
+    ];
+
+    impl Code {
+        fn new() -> Self {
+            let mut bytes = vec![0x90; 16];
+            for _ in 0..8 {
+                bytes.extend_from_slice(&[0xe8, 0, 0, 0, 0]);
+            }
+            for call in INDIRECT {
+                bytes.extend_from_slice(call);
+            }
+            bytes.extend_from_slice(&[0x90; 16]);
+            Code { bytes }
+        }
+
+        fn base(&self) -> usize {
+            self.bytes.as_ptr() as usize
+        }
+
+        /// The return address after the i-th direct call.
+        fn ret(&self, i: usize) -> usize {
+            self.base() + 16 + 5 * (i + 1)
+        }
+
+        fn range(&self) -> [StackRange; 1] {
+            [StackRange {
+                low: self.base(),
+                high: self.base() + self.bytes.len(),
+            }]
+        }
     }
 
     fn addr_of(stack: &[usize], index: usize) -> usize {
@@ -211,42 +400,135 @@ mod tests {
 
     #[test]
     fn walks_a_chain_from_registers() {
-        let mut stack = fake_stack(64);
-        // Three records at words 10, 20, 30; the last one links to 0.
+        let code = Code::new();
+        let ranges = code.range();
+        let mut stack = vec![0usize; 64];
         let (a, b, c) = (
             addr_of(&stack, 10),
             addr_of(&stack, 20),
             addr_of(&stack, 30),
         );
         stack[10] = b;
-        stack[11] = 0x1111;
+        stack[11] = code.ret(0);
         stack[20] = c;
-        stack[21] = 0x2222;
+        stack[21] = code.ret(1);
         stack[30] = 0;
-        stack[31] = 0x3333;
+        stack[31] = code.ret(2);
         let regs = Registers {
             pc: 0x4000,
             sp: addr_of(&stack, 2),
             fp: a,
         };
+        let memory = Memory {
+            stack: range(&stack),
+            code: &ranges,
+        };
         let mut buf = [0usize; 16];
-        let n = unwind_from_context(regs, range(&stack), &mut buf);
-        assert_eq!(&buf[..n], &[0x4001, 0x1111, 0x2222, 0x3333]);
-        // A short buffer stops the walk.
+        let n = unwind_from_context(regs, memory, &mut buf);
+        assert_eq!(&buf[..n], &[0x4001, code.ret(0), code.ret(1), code.ret(2)]);
         let mut short = [0usize; 2];
-        assert_eq!(unwind_from_context(regs, range(&stack), &mut short), 2);
-        assert_eq!(short, [0x4001, 0x1111]);
-        assert_eq!(unwind_from_context(regs, range(&stack), &mut []), 0);
+        assert_eq!(unwind_from_context(regs, memory, &mut short), 2);
+        assert_eq!(short, [0x4001, code.ret(0)]);
+        assert_eq!(unwind_from_context(regs, memory, &mut []), 0);
+        // A return address that does not follow a call ends the chain.
+        stack[21] = code.ret(1) + 1;
+        let memory = Memory {
+            stack: range(&stack),
+            code: &ranges,
+        };
+        assert_eq!(unwind_from_context(regs, memory, &mut buf), 2);
+    }
+
+    #[test]
+    fn recognises_direct_and_indirect_calls() {
+        let code = Code::new();
+        let ranges = code.range();
+        let stack = vec![0usize; 8];
+        let reader = Reader::new(
+            Memory {
+                stack: range(&stack),
+                code: &ranges,
+            },
+            0,
+        );
+        assert!(reader.follows_call(code.ret(3)));
+        assert!(!reader.follows_call(code.ret(3) - 1));
+        let mut end = code.ret(7);
+        for call in INDIRECT {
+            end += call.len();
+            assert!(reader.follows_call(end), "{call:x?}");
+        }
+        assert!(!reader.follows_call(0x1000), "outside any code mapping");
+        assert_eq!(indirect_call_len(0xd0, None), 2);
+        assert_eq!(indirect_call_len(0x14, Some(0x25)), 7);
+    }
+
+    #[test]
+    fn a_frameless_leafs_caller_is_found_above_the_stack_pointer() {
+        // The leaf pushed nothing: its return address is at sp and the
+        // frame-pointer register still holds its caller's record.
+        let code = Code::new();
+        let ranges = code.range();
+        let mut stack = vec![0usize; 64];
+        stack[4] = code.ret(0);
+        let record = addr_of(&stack, 10);
+        stack[10] = 0;
+        stack[11] = code.ret(1);
+        let memory = Memory {
+            stack: range(&stack),
+            code: &ranges,
+        };
+        let regs = Registers {
+            pc: 0x4000,
+            sp: addr_of(&stack, 4),
+            fp: record,
+        };
+        let mut buf = [0usize; 8];
+        let n = unwind_from_context(regs, memory, &mut buf);
+        assert_eq!(&buf[..n], &[0x4001, code.ret(0), code.ret(1)]);
+    }
+
+    #[test]
+    fn a_leaf_that_reuses_the_frame_pointer_register_is_bridged() {
+        // The leaf saved the caller's frame pointer (word 6) and put data in
+        // the register; the chain resumes from the saved value.
+        let code = Code::new();
+        let ranges = code.range();
+        let mut stack = vec![0usize; 64];
+        let (caller, outer) = (addr_of(&stack, 20), addr_of(&stack, 30));
+        stack[6] = caller;
+        stack[8] = code.ret(0); // the leaf's return address
+        stack[20] = outer;
+        stack[21] = code.ret(1);
+        stack[30] = 0;
+        stack[31] = code.ret(2);
+        let memory = Memory {
+            stack: range(&stack),
+            code: &ranges,
+        };
+        let regs = Registers {
+            pc: 0x4000,
+            sp: addr_of(&stack, 4),
+            fp: 0x1234_5678,
+        };
+        let mut buf = [0usize; 8];
+        let n = unwind_from_context(regs, memory, &mut buf);
+        assert_eq!(&buf[..n], &[0x4001, code.ret(0), code.ret(1), code.ret(2)]);
     }
 
     #[test]
     fn garbage_frame_pointers_end_the_walk() {
-        let mut stack = fake_stack(64);
+        let code = Code::new();
+        let ranges = code.range();
+        let mut stack = vec![0usize; 64];
         let sp = addr_of(&stack, 8);
         let regs = |fp| Registers { pc: 0x4000, sp, fp };
         let mut buf = [0usize; 16];
         let r = range(&stack);
-        // Below the interrupted stack pointer, misaligned, outside the stack.
+        let memory = Memory {
+            stack: r,
+            code: &ranges,
+        };
         for fp in [
             addr_of(&stack, 4),
             addr_of(&stack, 10) + 3,
@@ -254,22 +536,33 @@ mod tests {
             0,
             usize::MAX - 7,
         ] {
-            assert_eq!(unwind_from_context(regs(fp), r, &mut buf), 1, "{fp:#x}");
+            assert_eq!(
+                unwind_from_context(regs(fp), memory, &mut buf),
+                1,
+                "{fp:#x}"
+            );
         }
-        // A record that links downwards ends the walk after itself.
+        // A record that links downwards is no record: only the return
+        // address found above the stack pointer is kept.
         let a = addr_of(&stack, 20);
         stack[20] = addr_of(&stack, 12);
-        stack[21] = 0x1111;
-        assert_eq!(unwind_from_context(regs(a), range(&stack), &mut buf), 2);
-        // No pc, no stack.
+        stack[21] = code.ret(0);
+        let memory = Memory {
+            stack: range(&stack),
+            code: &ranges,
+        };
+        let n = unwind_from_context(regs(a), memory, &mut buf);
+        assert_eq!(&buf[..n], &[0x4001, code.ret(0)]);
         let none = Registers { pc: 0, ..regs(a) };
-        assert_eq!(unwind_from_context(none, range(&stack), &mut buf), 0);
+        assert_eq!(unwind_from_context(none, memory, &mut buf), 0);
     }
 
     #[test]
     fn unreadable_pages_inside_the_range_are_never_read() {
         // Two pages: readable, then PROT_NONE; a record on the readable page
         // links into the unreadable one.
+        let code = Code::new();
+        let ranges = code.range();
         let page = 4096;
         // SAFETY: a fresh private anonymous mapping, unmapped at the end.
         let base = unsafe {
@@ -287,7 +580,7 @@ mod tests {
         // SAFETY: both words lie on the first page of the mapping.
         unsafe {
             *((base + 64) as *mut usize) = base + page + 64;
-            *((base + 72) as *mut usize) = 0x1111;
+            *((base + 72) as *mut usize) = code.ret(0);
         }
         // SAFETY: the second page of our own mapping.
         let protected = unsafe { libc::mprotect((base + page) as *mut _, page, libc::PROT_NONE) };
@@ -299,13 +592,16 @@ mod tests {
             sp: base,
             fp: base + 64,
         };
-        let whole = StackRange {
-            low: base,
-            high: base + 2 * page,
+        let memory = Memory {
+            stack: StackRange {
+                low: base,
+                high: base + 2 * page,
+            },
+            code: &ranges,
         };
         let mut buf = [0usize; 8];
-        assert_eq!(unwind_from_context(regs, whole, &mut buf), 2);
-        assert_eq!(&buf[..2], &[0x4001, 0x1111]);
+        let n = unwind_from_context(regs, memory, &mut buf);
+        assert_eq!(&buf[..n], &[0x4001, code.ret(0)]);
         // SAFETY: unmapping the mapping made above.
         unsafe { libc::munmap(base as *mut _, 2 * page) };
     }
