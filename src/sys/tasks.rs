@@ -35,14 +35,21 @@ fn in_set(set: u64, signal: i32) -> bool {
 }
 
 /// Thread ids of `/proc/self/task`, ascending.
+///
+/// The directory is read twice and the two lists merged: the kernel lists
+/// tasks by position in the thread list, so a thread that exits during a
+/// read shifts the rest and one live thread can be skipped (a thread that
+/// starts during the read may be missed by both, like any snapshot).
 pub fn list(fs: &Fs) -> Vec<u32> {
-    let mut tids: Vec<u32> = fs
-        .list("/proc/self/task")
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|name| name.parse().ok())
-        .collect();
+    let read = || {
+        fs.list("/proc/self/task")
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|name| name.parse::<u32>().ok())
+    };
+    let mut tids: Vec<u32> = read().chain(read()).collect();
     tids.sort_unstable();
+    tids.dedup();
     tids
 }
 

@@ -105,6 +105,12 @@ pub enum ThreadDumpError {
     /// Not x86_64 or aarch64: no known way to read the interrupted registers.
     #[error("thread dumps need x86_64 or aarch64")]
     UnsupportedArchitecture,
+    /// Another dump held the process-wide capture for too long.
+    #[error("another thread dump did not finish within {} s", waited.as_secs())]
+    Busy {
+        /// How long this one waited.
+        waited: Duration,
+    },
 }
 
 /// Why a thread of a dump has no stack.
@@ -240,7 +246,8 @@ impl ThreadDump {
 
 /// Captures every thread's stack, waiting at most [`THREAD_DUMP_TIMEOUT`]
 /// for the threads to answer. One dump runs at a time in the process; a
-/// second caller waits for the first.
+/// second caller waits for the first (at most 5 s, then it reports
+/// [`ThreadDumpError::Busy`]).
 ///
 /// Never fails: a thread that cannot answer is listed with a [`Missing`]
 /// reason, and when no stack can be captured at all (the signal is taken by
@@ -262,7 +269,11 @@ pub fn set_thread_dump_signal(signal: i32) -> Result<(), ThreadDumpError> {
 fn dump(timeout: Duration) -> ThreadDump {
     let fs = Fs::real();
     let time = SystemTime::now();
-    let chosen = signal::signal();
+    let turn = signal::take_turn();
+    let chosen = match &turn {
+        Ok(_) => signal::signal(),
+        Err(e) => Err(e.clone()),
+    };
     let wanted = *chosen.as_ref().unwrap_or(&0);
     let mut threads: Vec<ThreadStack> = Vec::new();
     let mut targets = Vec::new();
@@ -288,15 +299,21 @@ fn dump(timeout: Duration) -> ThreadDump {
     let (stacks, code) = mappings(&fs);
     let me = signal::gettid();
 
-    let (signal, answers, error) =
-        match chosen.and_then(|_| signal::capture(&targets, stacks, code, timeout)) {
-            Ok((signal, answers)) => (Some(signal), answers, None),
-            Err(e) => (
-                chosen_signal(&e),
-                vec![Answer::NotCaptured; targets.len()],
-                Some(e),
-            ),
-        };
+    let captured = match (&turn, chosen) {
+        (Ok(turn), Ok(_)) => signal::capture(turn, &targets, stacks, code, timeout),
+        (Err(e), _) => Err(e.clone()),
+        (_, Err(e)) => Err(e),
+    };
+    // Symbolizing needs no turn: the next dump may start.
+    drop(turn);
+    let (signal, answers, error) = match captured {
+        Ok((signal, answers)) => (Some(signal), answers, None),
+        Err(e) => (
+            chosen_signal(&e),
+            vec![Answer::NotCaptured; targets.len()],
+            Some(e),
+        ),
+    };
     let resolved = symbolize::resolve_all(
         answers
             .iter()
@@ -433,6 +450,20 @@ mod tests {
         let dump = thread_dump();
         std::hint::black_box(());
         dump
+    }
+
+    #[test]
+    fn concurrent_dumps_take_turns_and_all_answer() {
+        let dumps: Vec<_> = (0..4).map(|_| std::thread::spawn(thread_dump)).collect();
+        for d in dumps {
+            let dump = d.join().unwrap();
+            assert!(dump.error().is_none(), "{:?}", dump.error());
+            assert!(
+                dump.threads().iter().all(|t| t.missing.is_none()),
+                "{}",
+                dump.to_text()
+            );
+        }
     }
 
     #[test]

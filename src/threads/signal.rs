@@ -5,7 +5,8 @@
 //! # The protocol
 //!
 //! The requester (the thread calling `thread_dump`, holding [`CAPTURE`] so
-//! that one capture runs at a time) allocates a [`Request`]: one [`Slot`]
+//! that one capture runs at a time, from reading the threads' signal masks
+//! to the last answer) allocates a [`Request`]: one [`Slot`]
 //! per thread id, sorted, each with room for [`MAX_FRAMES`] addresses, and
 //! the readable-writable mappings of the process (stack bounds for the
 //! walk). It publishes the request in [`CURRENT`], sends the signal to each
@@ -53,11 +54,11 @@
 //! # Threads that cannot answer
 //!
 //! A thread that blocks the signal (`SigBlk` in its `/proc` status) is not
-//! signalled and is reported as such; one whose signal is already pending
+//! waited for and is reported as such; one whose signal is already pending
 //! (a dump that timed out earlier) is not signalled again. The default
 //! signal is a standard one, so at most one instance is ever pending per
 //! thread: repeated dumps of a process whose threads block it queue
-//! nothing. A thread that exits before it answers is reported as exited.
+//! nothing (a real-time signal is not sent to a thread that blocks it). A thread that exits before it answers is reported as exited.
 
 use std::cell::UnsafeCell;
 use std::sync::Mutex;
@@ -73,6 +74,12 @@ pub(crate) const MAX_FRAMES: usize = 128;
 pub(crate) const MAX_THREADS: usize = 8192;
 /// How long the requester waits for running handlers after a timeout.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+/// How long the requester waits, once every other thread answered, for
+/// threads that blocked the signal when their status was read.
+const BLOCKED_GRACE: Duration = Duration::from_millis(20);
+/// How long a dump waits for the one in progress (which takes at most
+/// about the 1 s timeout plus the drain).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The default signal: `SIGURG`, as Go's runtime uses for preemption, for
 /// the reasons Go gives: its default action is to ignore it, so a stray one
@@ -198,6 +205,36 @@ fn record(request: &Request, context: *mut libc::c_void) {
     slot.state.store(DONE, Ordering::Release);
 }
 
+/// Held for a whole capture, from reading the threads' signal masks (a
+/// thread inside another dump's handler blocks the signal meanwhile) to the
+/// last answer.
+pub(crate) struct Turn {
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+/// This dump's [`Turn`].
+pub(crate) fn take_turn() -> Result<Turn, ThreadDumpError> {
+    one_at_a_time().map(|guard| Turn { _guard: guard })
+}
+
+/// The capture lock, waited for at most [`LOCK_WAIT`]: a dump never hangs,
+/// not even in a child forked while another thread held the lock.
+fn one_at_a_time() -> Result<std::sync::MutexGuard<'static, ()>, ThreadDumpError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match CAPTURE.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Ok(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(ThreadDumpError::Busy { waited: LOCK_WAIT });
+            }
+        }
+    }
+}
+
 /// What one signalled thread answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Answer {
@@ -232,7 +269,7 @@ pub(crate) struct Target {
 /// installed the handler for another signal.
 pub(crate) fn choose(signal: i32) -> Result<(), ThreadDumpError> {
     check_usable(signal)?;
-    let _one = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = one_at_a_time()?;
     match INSTALLED.load(Ordering::Relaxed) {
         0 => {
             CHOSEN.store(signal, Ordering::Relaxed);
@@ -374,6 +411,7 @@ fn query(signal: i32) -> Result<libc::sighandler_t, ThreadDumpError> {
 /// `stacks` are the readable-writable mappings and `code` the executable
 /// ones. Returns the signal used and one answer per target, in order.
 pub(crate) fn capture(
+    _turn: &Turn,
     targets: &[Target],
     stacks: Vec<StackRange>,
     code: Vec<StackRange>,
@@ -382,7 +420,6 @@ pub(crate) fn capture(
     if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
         return Err(ThreadDumpError::UnsupportedArchitecture);
     }
-    let _one = CAPTURE.lock().unwrap_or_else(|e| e.into_inner());
     let signal = signal()?;
     ensure_installed(signal)?;
 
@@ -413,10 +450,20 @@ pub(crate) fn capture(
     let pid = std::process::id() as libc::pid_t;
     let mut answers = vec![Answer::Silent; targets.len()];
     let mut awaited = Vec::with_capacity(order.len());
+    // A thread that blocks the signal is not waited for. A standard signal
+    // is sent to it all the same (it stays pending, at most once, and is
+    // answered if the thread unblocks in time); a real-time one is not,
+    // since each send would queue another.
+    let realtime = signal >= libc::SIGRTMIN();
     for &i in &order {
         let t = &targets[i];
         if t.blocks_signal {
             answers[i] = Answer::Blocked;
+            if !realtime && !t.signal_pending {
+                // SAFETY: tgkill with scalar arguments; the worst outcome is
+                // an error code, which changes nothing here.
+                unsafe { libc::syscall(libc::SYS_tgkill, pid, t.tid as libc::pid_t, signal) };
+            }
             continue;
         }
         if !t.signal_pending {
@@ -447,15 +494,27 @@ pub(crate) fn capture(
             .is_some_and(|s| s.state.load(Ordering::Acquire) == DONE)
     };
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(50);
-    while !awaited.iter().all(|&i| done(targets[i].tid)) {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
+    let wait = |awaited: &[usize], deadline: Instant| {
+        let mut pause = Duration::from_micros(50);
+        while !awaited.iter().all(|&i| done(targets[i].tid)) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::sleep(pause.min(deadline - now));
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(5));
-    }
+    };
+    wait(&awaited, deadline);
+    // Threads that blocked the signal when their status was read get a
+    // short grace: a thread being created runs with every signal blocked
+    // for a moment, then answers.
+    let blocked: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| targets[i].blocks_signal && !realtime)
+        .collect();
+    wait(&blocked, deadline.min(Instant::now() + BLOCKED_GRACE));
 
     CURRENT.store(core::ptr::null_mut(), Ordering::SeqCst);
     let drain_deadline = Instant::now() + DRAIN_LIMIT;
