@@ -34,7 +34,9 @@
 //!   `go tool pprof -tagfocus`;
 //! - [`start_history`] and [`leak_suspects`]: call sites that grow steadily;
 //! - [`OomGuardConfig`]: profiles written to disk before the memory
-//!   cgroup's limit is reached.
+//!   cgroup's limit is reached;
+//! - [`thread_dump`]: every OS thread's current stack, encoded like Go's
+//!   goroutine profile (where are the threads parked?).
 //!
 //! # Costs
 //! The unsampled path of every allocation is one thread-local subtract and
@@ -52,6 +54,7 @@ mod oom_guard;
 mod profile;
 #[doc(hidden)]
 pub mod sys;
+mod threads;
 #[doc(hidden)]
 pub mod wire;
 
@@ -66,6 +69,10 @@ pub use profile::{
     Admission, BuildKind, BuildMode, Frame, NoRoom, PprofOptions, SITE_TABLE_FULL, SampleType,
     SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType, admit, headroom, is_plumbing,
     peak_snapshot, snapshot, snapshot_older_than, stats,
+};
+pub use threads::{
+    DEFAULT_THREAD_DUMP_SIGNAL, Missing, THREAD_DUMP_TIMEOUT, ThreadDump, ThreadDumpError,
+    ThreadStack, set_thread_dump_signal, thread_dump,
 };
 
 /// The README's Rust examples, compiled as doctests.

@@ -1,4 +1,4 @@
-//! The gops agent protocol, so `gops memstats|pprof-heap|stats|version <pid>`
+//! The gops agent protocol, so `gops stack|memstats|pprof-heap|stats|version <pid>`
 //! works against a Rust process.
 //!
 //! The protocol (google/gops `signal`, `agent`, `internal`): the agent
@@ -7,10 +7,11 @@
 //! `$XDG_CONFIG_HOME/gops`, else `$HOME/.config/gops`. A client connects,
 //! sends one signal byte, reads the answer until the agent closes.
 //!
-//! Answered here: 0x2 GC (purges jemalloc, answers `ok`), 0x3 MemStats,
-//! 0x4 Version, 0x5 HeapProfile (gzipped pprof), 0x6 CPUProfile (30 s,
-//! gzipped pprof), 0x7 Stats, 0x9 BinaryDump (`/proc/self/exe`). Others get
-//! a one-line explanation. Connections are served one at a time on one
+//! Answered here: 0x1 StackTrace (every OS thread's stack, as
+//! `/debug/pprof/goroutine?debug=2` writes it), 0x2 GC (purges jemalloc,
+//! answers `ok`), 0x3 MemStats, 0x4 Version, 0x5 HeapProfile (gzipped
+//! pprof), 0x6 CPUProfile (30 s, gzipped pprof), 0x7 Stats, 0x9 BinaryDump
+//! (`/proc/self/exe`). Others get a one-line explanation. Connections are served one at a time on one
 //! thread, so the agent runs at most one profile build at once.
 
 use std::io::{Read, Write};
@@ -175,10 +176,9 @@ fn answer(conn: &mut TcpStream, signal: u8) -> std::io::Result<()> {
             let mut exe = std::fs::File::open("/proc/self/exe")?;
             std::io::copy(&mut exe, conn).map(drop)
         }
-        signal::STACK_TRACE => conn.write_all(
-            b"heapprof: a Rust process cannot print every thread's stack from inside; \
-              use `gops pprof-cpu` or a debugger (gdb -p PID -batch -ex 'thread apply all bt')\n",
-        ),
+        signal::STACK_TRACE => {
+            conn.write_all(heapprof::thread_dump().to_text_per_thread().as_bytes())
+        }
         other => conn.write_all(
             format!("heapprof: gops signal {other:#x} is not supported by this agent\n").as_bytes(),
         ),

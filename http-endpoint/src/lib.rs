@@ -9,6 +9,8 @@
 //! | `/debug/pprof/heap` | gzipped pprof heap profile; `?debug=1` text, `?seconds=N` delta, `?gc=1` purge first |
 //! | `/debug/pprof/allocs` | the same, viewers start on `alloc_space` |
 //! | `/debug/pprof/profile?seconds=N` | gzipped pprof CPU profile (default 30 s) |
+//! | `/debug/pprof/goroutine` | every OS thread's current stack as Go's goroutine profile; `?debug=1` grouped text, `?debug=2` per-thread dump |
+//! | `/debug/pprof/block`, `mutex`, `threadcreate` | valid, always-empty profiles whose comment says why (Rust records no contention) |
 //! | `/debug/pprof/cmdline` | argv, NUL-separated |
 //! | `/debug/pprof/symbol` | Go's remote symbolization protocol |
 //! | `/metrics` | Prometheus text exposition |
@@ -25,7 +27,8 @@
 //! ```
 //!
 //! An axum service nests [`router()`] instead, and may call [`announce`] so
-//! `heapprof ps` finds it.
+//! `heapprof ps` finds it. A service nothing scrapes can push its heap
+//! profile to Grafana Pyroscope instead: [`push::PushConfig`].
 //!
 //! # The endpoint must not become the incident
 //! Profile requests are bounded ([`Config`]): concurrent requests for the
@@ -49,6 +52,7 @@ pub mod gops;
 mod jemalloc;
 mod metrics;
 mod params;
+pub mod push;
 mod router;
 mod routes;
 mod serve;

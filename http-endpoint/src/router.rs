@@ -7,12 +7,14 @@ use axum::routing::get;
 
 use crate::auth::require_token;
 use crate::config::Config;
-use crate::routes::{cmdline, heap, index, leaks, profile, symbol};
+use crate::routes::{cmdline, empty, goroutine, heap, index, leaks, profile, symbol};
 use crate::state::AppState;
 
 /// Every route of the endpoint with [`Config::from_env`] settings
 /// (`HEAPPROF_TOKEN` turns on bearer auth): `/debug/pprof/` (index),
-/// `/debug/pprof/{heap,allocs,profile,cmdline,symbol}` and `/metrics`.
+/// `/debug/pprof/{heap,allocs,profile,goroutine,cmdline,symbol}`, the
+/// always-empty `/debug/pprof/{block,mutex,threadcreate}` (so default
+/// Parca and Alloy scrapes succeed) and `/metrics`.
 ///
 /// Nestable; the state is inside, so the router is `Router<()>`. Build it
 /// once: its limits (single flight, build slots) are per router.
@@ -34,6 +36,10 @@ pub(crate) fn build(config: &Config) -> Router {
         .route("/debug/pprof/allocs", get(heap::allocs))
         .route("/debug/pprof/profile", get(profile::profile))
         .route("/debug/pprof/cmdline", get(cmdline::cmdline))
+        .route("/debug/pprof/goroutine", get(goroutine::goroutine))
+        .route("/debug/pprof/block", get(empty::block))
+        .route("/debug/pprof/mutex", get(empty::mutex))
+        .route("/debug/pprof/threadcreate", get(empty::threadcreate))
         .route(
             "/debug/pprof/symbol",
             get(symbol::symbol).post(symbol::symbol),
@@ -193,6 +199,11 @@ mod tests {
             "href='profile'",
             "href='cmdline'",
             "href='symbol'",
+            "href='goroutine?debug=1'",
+            "href='goroutine?debug=2'",
+            "href='block?debug=1'",
+            "href='mutex?debug=1'",
+            "href='threadcreate?debug=1'",
         ] {
             assert!(page.contains(link), "{link} missing:\n{page}");
         }
@@ -214,6 +225,38 @@ mod tests {
                 .unwrap()
                 .contains("# TYPE heapprof_inuse_bytes gauge")
         );
+    }
+
+    #[tokio::test]
+    async fn goroutine_block_mutex_threadcreate_answer_like_go() {
+        let router = open();
+        let (status, headers, body) = call(&router, get("/debug/pprof/goroutine")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            headers[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"goroutine\""
+        );
+        assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip magic");
+        let (status, _, body) = call(&router, get("/debug/pprof/goroutine?debug=1")).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with("goroutine profile: total "), "{text}");
+        let (status, _, body) = call(&router, get("/debug/pprof/goroutine?debug=2")).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with("thread "), "{text}");
+        for name in ["block", "mutex", "threadcreate"] {
+            let (status, headers, body) = call(&router, get(&format!("/debug/pprof/{name}"))).await;
+            assert_eq!(status, StatusCode::OK, "{name}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
+            assert_eq!(&body[..2], &[0x1f, 0x8b], "gzip magic");
+            let (status, _, body) =
+                call(&router, get(&format!("/debug/pprof/{name}?debug=1"))).await;
+            assert_eq!(status, StatusCode::OK, "{name}");
+            assert!(String::from_utf8(body).unwrap().contains("heapprof: Rust"));
+        }
+        let (status, _, _) = call(&router, get("/debug/pprof/goroutine?seconds=5")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use common::*;
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
 
+const STACK_TRACE: u8 = 0x1;
 const GC: u8 = 0x2;
 const MEM_STATS: u8 = 0x3;
 const VERSION: u8 = 0x4;
@@ -88,6 +89,22 @@ fn gops_client_gets_version_memstats_heap_profile_and_stats() {
     let stats = String::from_utf8(ask(&dir, pid, STATS)).unwrap();
     assert!(stats.starts_with("OS threads: "), "{stats}");
     assert!(stats.contains("num CPU: "), "{stats}");
+
+    // `gops stack`: every thread's stack, Go's goroutine-dump layout; the
+    // agent's own thread is caught answering, this one waiting in `ask`
+    // (blocked in libc's recv, which keeps no frame pointer).
+    let stacks = String::from_utf8(ask(&dir, pid, STACK_TRACE)).unwrap();
+    let threads = heapprof::sys::procfs::self_status().threads as usize;
+    let headers = stacks.lines().filter(|l| l.starts_with("thread ")).count();
+    assert!(
+        headers.abs_diff(threads) <= 2,
+        "{headers} vs {threads}:\n{stacks}"
+    );
+    assert!(
+        stacks.contains("\"heapprof-gops\" [R (running)]:\nheapprof_http::gops::answer\n\t"),
+        "{stacks}"
+    );
+    assert!(stacks.contains("\ngops::ask\n\t"), "{stacks}");
 
     assert_eq!(ask(&dir, pid, GC), b"ok");
     let unknown = String::from_utf8(ask(&dir, pid, 0x42)).unwrap();

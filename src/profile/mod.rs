@@ -9,7 +9,7 @@
 //! profiles it writes.
 
 mod admission;
-mod mappings;
+pub(crate) mod mappings;
 mod proto;
 mod site;
 mod snapshot;

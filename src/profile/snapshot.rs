@@ -196,6 +196,46 @@ impl Snapshot {
         })
     }
 
+    /// The heap in use now with what was allocated since `base`: the
+    /// `inuse_*` values of `self` and the `alloc_*` values of
+    /// [`Snapshot::delta_since`]. This is the shape a store that adds
+    /// profiles up over time needs (Pyroscope; Grafana Alloy turns scraped
+    /// heap profiles into it before sending, as godeltaprof does in Go):
+    /// cumulative allocation totals would be counted again in every
+    /// profile, in-use values are a level. Sites with nothing allocated
+    /// in the window and nothing in use are left out; the duration is set.
+    pub fn with_allocs_since(&self, base: &Snapshot) -> Snapshot {
+        untracked(|| {
+            let before: HashMap<u32, &Site> = base.sites.iter().map(|s| (s.id, s)).collect();
+            let sites = self
+                .sites
+                .iter()
+                .map(|s| match before.get(&s.id) {
+                    Some(b) => {
+                        let mut d = s.minus(b);
+                        d.inuse_objects = s.inuse_objects;
+                        d.inuse_bytes = s.inuse_bytes;
+                        d.sampled.inuse_objects = s.sampled.inuse_objects;
+                        d.sampled.inuse_bytes = s.sampled.inuse_bytes;
+                        d
+                    }
+                    None => s.clone(),
+                })
+                .filter(|s| s.alloc_objects != 0 || s.inuse_bytes != 0 || s.inuse_objects != 0)
+                .collect();
+            Snapshot {
+                sites,
+                sample_rate: self.sample_rate,
+                time: self.time,
+                monotonic_ns: self.monotonic_ns,
+                duration: Some(Duration::from_nanos(
+                    self.monotonic_ns.saturating_sub(base.monotonic_ns),
+                )),
+                stats: self.stats,
+            }
+        })
+    }
+
     /// The gzipped pprof profile (profile.proto), as Go's
     /// `/debug/pprof/heap` writes it.
     pub fn to_pprof(&self) -> Vec<u8> {

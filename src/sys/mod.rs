@@ -1,8 +1,8 @@
 //! What heapprof knows about Linux, written once and shared by the three
-//! crates: procfs, memory cgroups, mappings and build IDs, and the files
-//! processes of one user leave for each other (discovery, port files,
-//! dumps). Not part of heapprof's API: heapprof-http and heapprof-cli use
-//! it at the same version.
+//! crates: procfs (and this process's own tasks), memory cgroups, mappings
+//! and build IDs, and the files processes of one user leave for each other
+//! (discovery, port files, dumps). Not part of heapprof's API:
+//! heapprof-http and heapprof-cli use it at the same version.
 //!
 //! Readers take an [`fs::Fs`] root so that unit tests can point them at
 //! captured copies of the kernel's files; parsers take text.
@@ -14,3 +14,4 @@ pub mod files;
 pub mod fs;
 pub mod maps;
 pub mod procfs;
+pub mod tasks;

@@ -1,6 +1,8 @@
 //! The routes' handlers, one file per route family, and what they share.
 
 pub(crate) mod cmdline;
+pub(crate) mod empty;
+pub(crate) mod goroutine;
 pub(crate) mod heap;
 pub(crate) mod index;
 pub(crate) mod leaks;

@@ -1,0 +1,116 @@
+//! What a thread dump costs the profiled process in memory, for a process
+//! with about 300 parked threads (incident 4 had 328): anonymous RSS, the
+//! peak (VmHWM) and jemalloc's allocated bytes around the first heap
+//! profile (the symbolizer's first DWARF parse, a cost every profile
+//! shares), the first dump and later ones. Printed for the record
+//! (`--nocapture`) and bounded loosely so a regression shows.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::serve::http_get;
+
+#[global_allocator]
+static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
+    heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
+
+const THREADS: usize = 300;
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[inline(never)]
+fn parked_for_the_memory_test(rx: mpsc::Receiver<()>) {
+    let _ = rx.recv();
+    std::hint::black_box(());
+}
+
+fn memory() -> (u64, u64) {
+    let s = heapprof::sys::procfs::self_status();
+    (s.rss_anon, s.vm_hwm)
+}
+
+/// Bytes the application holds in jemalloc (freed pages jemalloc keeps
+/// resident are in RssAnon but not here).
+fn allocated() -> u64 {
+    tikv_jemalloc_ctl::epoch::advance().unwrap();
+    tikv_jemalloc_ctl::stats::allocated::read().unwrap() as u64
+}
+
+/// One test: RSS is process-wide.
+#[test]
+fn a_300_thread_dump_costs_little_memory() {
+    let addr = heapprof_http::Config::new()
+        .announce(false)
+        .spawn("127.0.0.1:0")
+        .unwrap()
+        .detach();
+    let mut senders = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..THREADS {
+        let (tx, rx) = mpsc::channel();
+        senders.push(tx);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("idle-{i}"))
+                .stack_size(128 * 1024)
+                .spawn(move || parked_for_the_memory_test(rx))
+                .unwrap(),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Sampled allocations, so that the heap profile below symbolizes.
+    heapprof::set_sample_rate(64 * 1024);
+    let kept: Vec<Vec<u8>> = (0..64).map(|_| vec![1u8; 64 * 1024]).collect();
+    // Warm the endpoint itself (runtime, connection handling) on a route
+    // that does not symbolize.
+    assert_eq!(http_get(addr, "/debug/pprof/cmdline").0, 200);
+
+    let mut report = String::new();
+    let mut growth = Vec::new();
+    for (what, path) in [
+        ("heap (cold)", "/debug/pprof/heap"),
+        ("cold pprof", "/debug/pprof/goroutine"),
+        ("warm pprof", "/debug/pprof/goroutine"),
+        ("warm debug=1", "/debug/pprof/goroutine?debug=1"),
+        ("warm debug=2", "/debug/pprof/goroutine?debug=2"),
+    ] {
+        let (anon0, hwm0) = memory();
+        let held0 = allocated();
+        let (status, body) = http_get(addr, path);
+        assert_eq!(status, 200, "{path}");
+        let (anon1, hwm1) = memory();
+        let held = allocated() as f64 - held0 as f64;
+        let anon = anon1 as f64 - anon0 as f64;
+        let hwm = hwm1.saturating_sub(hwm0) as f64;
+        report.push_str(&format!(
+            "{what:>13}: body {:>7} B, held {:+6.2} MiB, RssAnon {:+7.2} MiB (now {:.1} MiB), VmHWM {:+7.2} MiB (now {:.1} MiB)\n",
+            body.len(),
+            held / MIB,
+            anon / MIB,
+            anon1 as f64 / MIB,
+            hwm / MIB,
+            hwm1 as f64 / MIB
+        ));
+        growth.push((what, anon, hwm));
+    }
+    eprintln!(
+        "thread dump of {} threads:\n{report}",
+        heapprof::sys::procfs::self_status().threads
+    );
+    // The first heap profile pays for the symbolizer (shared by every
+    // profile); the first dump symbolizes the threads' new addresses; the
+    // dumps after that reuse the symbol cache.
+    for (i, (what, anon, hwm)) in growth.iter().enumerate().skip(1) {
+        let limit = if i == 1 { 32.0 * MIB } else { 12.0 * MIB };
+        assert!(*anon < limit, "{what}: RssAnon grew {anon} B\n{report}");
+        assert!(*hwm < limit, "{what}: VmHWM grew {hwm} B\n{report}");
+    }
+    drop(std::hint::black_box(kept));
+    for tx in senders {
+        tx.send(()).unwrap();
+    }
+    for h in handles {
+        h.join().unwrap();
+    }
+}
