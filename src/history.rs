@@ -78,6 +78,11 @@ impl Drop for HistoryGuard {
 /// # Panics
 /// If the thread cannot be spawned (`heapprof:` message).
 pub fn start_history(interval: Duration) -> HistoryGuard {
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    extern "C" fn reset_in_child() {
+        crate::alloc::fork::reset_mutex(&RECORDER, || None);
+    }
+    crate::alloc::fork::on_child(&REGISTERED, reset_in_child);
     let interval = interval.max(Duration::from_millis(10));
     *RECORDER.lock() = Some(Recorder {
         started: Instant::now(),

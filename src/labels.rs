@@ -42,6 +42,11 @@ fn intern(set: Vec<(String, String)>) -> u32 {
     if set.is_empty() {
         return 0;
     }
+    static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn reset_in_child() {
+        crate::alloc::fork::reset_rwlock(&SETS, || None);
+    }
+    crate::alloc::fork::on_child(&REGISTERED, reset_in_child);
     let set: LabelSet = set.into();
     if let Some(&id) = SETS.read().as_ref().and_then(|i| i.ids.get(&set)) {
         return id;

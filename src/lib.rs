@@ -67,8 +67,8 @@ pub use labels::{LabelGuard, LabelsExt, WithLabels, set_labels, with_labels};
 pub use oom_guard::{OomGuard, OomGuardConfig, OomGuardError};
 pub use profile::{
     Admission, BuildKind, BuildMode, Frame, NoRoom, PprofOptions, SITE_TABLE_FULL, SampleType,
-    SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType, admit, headroom, is_plumbing,
-    peak_snapshot, snapshot, snapshot_older_than, stats,
+    SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType, admit, function_names,
+    headroom, is_plumbing, peak_snapshot, snapshot, snapshot_older_than, stats,
 };
 pub use threads::{
     DEFAULT_THREAD_DUMP_SIGNAL, Missing, THREAD_DUMP_TIMEOUT, ThreadDump, ThreadDumpError,

@@ -15,11 +15,13 @@
 //! [`OomGuardConfig::keep`].
 //!
 //! Near the limit, building a profile must not be what tips the process
-//! over, nor be too slow to finish before the kill. At start the guard
-//! symbolizes the existing call sites, and while it runs the symbolizer
-//! keeps its parsed debug info, so a dump resolves only the sites that are
-//! new since then, quickly. The watcher thread does nothing else heavy: it
-//! reads memory every interval and dumps. It also reserves
+//! over, nor be too slow to finish before the kill. Starting the guard
+//! costs nothing but its thread; the watcher reads memory every interval
+//! and dumps. A dump is admitted like any profile build
+//! ([`crate::admit`]): symbolized when the memory left allows it (the
+//! symbolizer's memory is bounded and proportional to the profile),
+//! unsymbolized when only that fits, skipped (with a line on stderr) when
+//! nothing does. The guard also reserves
 //! [`OomGuardConfig::reserve_bytes`] of touched memory and frees that
 //! reserve right before dumping, so the dump's allocations reuse pages
 //! already charged to the cgroup, and takes it back once memory is below
@@ -235,8 +237,9 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
                 if armed[i] && fraction >= t {
                     armed[i] = false;
                     untracked(|| {
+                        let freed = reserved.len() as u64;
                         drop(std::mem::take(&mut reserved));
-                        dump(&config, t);
+                        dump(&config, t, freed);
                     });
                 } else if !armed[i] && fraction < t - rearm_gap {
                     armed[i] = true;
@@ -252,16 +255,30 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
 }
 
 /// Writes the current and peak profiles for threshold `t`, then prunes.
-fn dump(config: &OomGuardConfig, t: f64) {
+/// Each is admitted like any build (`admit`), counting the `freed` bytes
+/// of the reserve the dump reuses: symbolized if the memory left allows,
+/// else unsymbolized (named later with `heapprof pprof-heap`), else not
+/// written.
+fn dump(config: &OomGuardConfig, t: f64, freed: u64) {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let pct = (t * 100.0).round() as u32;
     let pid = std::process::id();
     let name = |kind: &str| format!("heapprof-{pid}-{ms:015}-{pct:03}pct-{kind}.pb.gz");
-    write(config, &name("current"), &crate::snapshot().to_pprof());
-    if let Some(peak) = crate::peak_snapshot() {
-        write(config, &name("peak"), &peak.to_pprof());
+    let snapshots = [
+        ("current", Some(crate::snapshot())),
+        ("peak", crate::peak_snapshot()),
+    ];
+    for (kind, snapshot) in snapshots {
+        let Some(snapshot) = snapshot else { continue };
+        match crate::profile::admit_within(crate::BuildKind::Heap, freed) {
+            Ok(admission) => {
+                let options = crate::PprofOptions::new().symbolize(admission.symbolize());
+                write(config, &name(kind), &snapshot.to_pprof_with(&options));
+            }
+            Err(e) => eprintln!("heapprof oom_guard: no {kind} dump at {pct}%: {e}"),
+        }
     }
     prune(&config.dir, config.keep);
 }

@@ -1,5 +1,7 @@
 //! A child created by fork() while other threads allocate (and take
-//! samples) can allocate and write a profile.
+//! samples) and build profiles (holding the symbol cache, label and
+//! build-ID locks) can allocate and write a profile: no lock the profiler
+//! owns stays held in the child.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -25,6 +27,19 @@ fn busy_allocator(stop: Arc<AtomicBool>, salt: usize) {
     }
 }
 
+/// Builds labelled profiles in a loop: the profile side's locks are held
+/// much of the time.
+#[inline(never)]
+fn busy_profiler(stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let profile = heapprof::with_labels(&[("component", "profiler")], || {
+            heapprof::snapshot().to_pprof()
+        });
+        black_box(profile);
+        black_box(heapprof::snapshot().to_text());
+    }
+}
+
 #[test]
 fn child_after_fork_allocates_and_writes_a_profile() {
     heapprof::set_sample_rate(256);
@@ -35,10 +50,14 @@ fn child_after_fork_allocates_and_writes_a_profile() {
             std::thread::spawn(move || busy_allocator(stop, t))
         })
         .collect();
+    let profiler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || busy_profiler(stop))
+    };
     std::thread::sleep(std::time::Duration::from_millis(50));
 
     let dir = std::env::temp_dir();
-    for round in 0..5 {
+    for round in 0..30 {
         let path = dir.join(format!(
             "heapprof-fork-{}-{round}.pb.gz",
             std::process::id()
@@ -49,6 +68,10 @@ fn child_after_fork_allocates_and_writes_a_profile() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
+            // A deadlock in the child ends it with SIGALRM instead of
+            // hanging the test.
+            // SAFETY: alarm has no preconditions.
+            unsafe { libc::alarm(20) };
             let kept = allocate_in_child(2000);
             let profile = heapprof::snapshot().to_pprof();
             let ok = std::fs::write(path_c.to_str().unwrap(), &profile).is_ok() && !kept.is_empty();
@@ -75,4 +98,5 @@ fn child_after_fork_allocates_and_writes_a_profile() {
     for t in threads {
         t.join().unwrap();
     }
+    profiler.join().unwrap();
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::Result;
+use crate::listener::Limits;
 use crate::serve::Server;
 
 /// Limits and access control of the endpoint. Build one with
@@ -20,6 +21,7 @@ pub struct Config {
     pub(crate) token: Option<String>,
     pub(crate) announce: bool,
     pub(crate) discovery_dir: Option<PathBuf>,
+    pub(crate) limits: Limits,
 }
 
 impl Default for Config {
@@ -32,6 +34,7 @@ impl Default for Config {
             token: None,
             announce: true,
             discovery_dir: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -87,6 +90,20 @@ impl Config {
     /// open). Compared in constant time.
     pub fn token(mut self, token: Option<String>) -> Self {
         self.token = token;
+        self
+    }
+
+    /// At most `n` (at least 1) connections served at once by
+    /// [`Config::spawn`] (default 256); more wait in the listen backlog.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n.max(1);
+        self
+    }
+
+    /// How long [`Config::spawn`]'s server waits for a request's headers,
+    /// and lets a kept-alive connection idle (default 5 s).
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.header_timeout = timeout.max(Duration::from_millis(100));
         self
     }
 

@@ -28,6 +28,9 @@ pub enum Error {
         /// What is accepted instead.
         reason: String,
     },
+    /// The request is larger than the endpoint accepts (413).
+    #[error("request too large: {0}")]
+    TooLarge(String),
     /// Parameters that are fine alone but not together (400).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -45,6 +48,10 @@ pub enum Error {
         /// When trying again makes sense.
         retry_after: Duration,
     },
+    /// The process has too little memory left for this profile (503 with
+    /// `Retry-After`); see `heapprof::admit`.
+    #[error("{0}")]
+    NoRoom(#[from] heapprof::NoRoom),
     /// The CPU profiler could not start or report (500).
     #[error("CPU profiler failed: {0}")]
     CpuProfiler(String),
@@ -69,6 +76,10 @@ pub enum Error {
         #[source]
         source: Arc<io::Error>,
     },
+    /// Starting would expose the process without the authentication the
+    /// configuration asks for.
+    #[error("refusing to start: {0}")]
+    Insecure(String),
     /// The server thread or its runtime could not be started.
     #[error("cannot start the heapprof-http server thread: {0}")]
     Start(#[source] Arc<io::Error>),
@@ -88,12 +99,15 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadParam { .. } | Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::NoRoom(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::CpuProfiler(_)
             | Error::Build(_)
             | Error::Bind { .. }
             | Error::Write { .. }
+            | Error::Insecure(_)
             | Error::Start(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +125,12 @@ impl IntoResponse for Error {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+            }
+            Error::NoRoom(e) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(e.retry_after().as_secs().max(1)),
                 );
             }
             Error::Unauthorized => {

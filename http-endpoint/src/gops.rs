@@ -10,9 +10,17 @@
 //! Answered here: 0x1 StackTrace (every OS thread's stack, as
 //! `/debug/pprof/goroutine?debug=2` writes it), 0x2 GC (purges jemalloc,
 //! answers `ok`), 0x3 MemStats, 0x4 Version, 0x5 HeapProfile (gzipped
-//! pprof), 0x6 CPUProfile (30 s, gzipped pprof), 0x7 Stats, 0x9 BinaryDump
-//! (`/proc/self/exe`). Others get a one-line explanation. Connections are served one at a time on one
-//! thread, so the agent runs at most one profile build at once.
+//! pprof), 0x6 CPUProfile (30 s, gzipped pprof), 0x7 Stats, and, only when
+//! enabled ([`Agent::binary_dump`]), 0x9 BinaryDump (`/proc/self/exe`).
+//! Others get a one-line explanation. Connections are served one at a time
+//! on one thread, so the agent runs at most one profile build at once, and
+//! each build is admitted against the memory left like the endpoint's.
+//!
+//! # Access
+//! The protocol has no authentication: any local user who can connect to
+//! the port gets the answers. With `HEAPPROF_TOKEN` set (the endpoint then
+//! requires it), the agent therefore stays off unless
+//! [`Agent::allow_unauthenticated`] says otherwise.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -60,6 +68,8 @@ pub fn config_dir() -> Option<PathBuf> {
 #[derive(Clone, Debug, Default)]
 pub struct Agent {
     config_dir: Option<PathBuf>,
+    allow_unauthenticated: bool,
+    binary_dump: bool,
 }
 
 impl Agent {
@@ -74,10 +84,35 @@ impl Agent {
         self
     }
 
+    /// Start even though `HEAPPROF_TOKEN` is set (default no): every local
+    /// user who can connect gets heap profiles and statistics.
+    pub fn allow_unauthenticated(mut self, yes: bool) -> Self {
+        self.allow_unauthenticated = yes;
+        self
+    }
+
+    /// Answer gops' BinaryDump with the executable (default no: a local
+    /// user gets a copy of the binary).
+    pub fn binary_dump(mut self, yes: bool) -> Self {
+        self.binary_dump = yes;
+        self
+    }
+
     /// Listens on `127.0.0.1:0`, writes the port file `<dir>/<pid>` and
     /// serves connections from a background thread for the life of the
     /// process. Returns the bound address.
+    ///
+    /// Refuses ([`Error::Insecure`]) when `HEAPPROF_TOKEN` is set, unless
+    /// [`Agent::allow_unauthenticated`].
     pub fn listen(self) -> Result<SocketAddr> {
+        if crate::Config::from_env().token.is_some() && !self.allow_unauthenticated {
+            return Err(Error::Insecure(
+                "HEAPPROF_TOKEN is set, and the gops protocol has no authentication: the \
+                 agent stays off (Agent::allow_unauthenticated(true) starts it anyway)"
+                    .into(),
+            ));
+        }
+        let binary_dump = self.binary_dump;
         let dir = self
             .config_dir
             .or_else(config_dir)
@@ -97,7 +132,7 @@ impl Agent {
         let port_file = write_port_file(&dir, addr.port())?;
         std::thread::Builder::new()
             .name("heapprof-gops".into())
-            .spawn(move || serve(listener))
+            .spawn(move || serve(listener, binary_dump))
             .map_err(|e| {
                 let _ = std::fs::remove_file(&port_file);
                 Error::Start(Arc::new(e))
@@ -138,7 +173,7 @@ pub(crate) fn remove_port_files() {
     }
 }
 
-fn serve(listener: TcpListener) {
+fn serve(listener: TcpListener, binary_dump: bool) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         // A client that connects and says nothing must not wedge the agent.
@@ -148,7 +183,7 @@ fn serve(listener: TcpListener) {
         if conn.read_exact(&mut signal).is_err() {
             continue;
         }
-        if let Err(e) = answer(&mut conn, signal[0]) {
+        if let Err(e) = answer(&mut conn, signal[0], binary_dump) {
             eprintln!(
                 "heapprof gops agent: answering signal {:#x}: {e}",
                 signal[0]
@@ -157,7 +192,7 @@ fn serve(listener: TcpListener) {
     }
 }
 
-fn answer(conn: &mut TcpStream, signal: u8) -> std::io::Result<()> {
+fn answer(conn: &mut TcpStream, signal: u8, binary_dump: bool) -> std::io::Result<()> {
     match signal {
         signal::GC => {
             #[cfg(feature = "jemalloc")]
@@ -166,19 +201,31 @@ fn answer(conn: &mut TcpStream, signal: u8) -> std::io::Result<()> {
         }
         signal::MEM_STATS => conn.write_all(mem_stats().as_bytes()),
         signal::VERSION => conn.write_all(version().as_bytes()),
-        signal::HEAP_PROFILE => conn.write_all(&heapprof::snapshot().to_pprof()),
+        signal::HEAP_PROFILE => match heapprof::admit(heapprof::BuildKind::Heap) {
+            Ok(admission) => {
+                let options = heapprof::PprofOptions::new().symbolize(admission.symbolize());
+                conn.write_all(&heapprof::snapshot().to_pprof_with(&options))
+            }
+            Err(e) => conn.write_all(format!("heapprof: {e}\n").as_bytes()),
+        },
         signal::CPU_PROFILE => match crate::cpu::profile(CPU_WINDOW) {
             Ok(profile) => conn.write_all(&profile),
             Err(e) => conn.write_all(format!("{e}\n").as_bytes()),
         },
         signal::STATS => conn.write_all(stats().as_bytes()),
-        signal::BINARY_DUMP => {
+        signal::BINARY_DUMP if binary_dump => {
             let mut exe = std::fs::File::open("/proc/self/exe")?;
             std::io::copy(&mut exe, conn).map(drop)
         }
-        signal::STACK_TRACE => {
-            conn.write_all(heapprof::thread_dump().to_text_per_thread().as_bytes())
-        }
+        signal::BINARY_DUMP => conn.write_all(
+            b"heapprof: BinaryDump is off (heapprof_http::gops::Agent::binary_dump(true) turns it on)\n",
+        ),
+        signal::STACK_TRACE => match heapprof::admit(heapprof::BuildKind::Threads) {
+            Ok(_admission) => {
+                conn.write_all(heapprof::thread_dump().to_text_per_thread().as_bytes())
+            }
+            Err(e) => conn.write_all(format!("heapprof: {e}\n").as_bytes()),
+        },
         other => conn.write_all(
             format!("heapprof: gops signal {other:#x} is not supported by this agent\n").as_bytes(),
         ),

@@ -50,6 +50,7 @@ mod error;
 pub mod gops;
 #[cfg(feature = "jemalloc")]
 mod jemalloc;
+mod listener;
 mod metrics;
 mod params;
 pub mod push;

@@ -324,9 +324,16 @@ impl Worker {
     fn run(self, mut base: heapprof::Snapshot) {
         let mut from = base.time();
         while !self.shared.sleep(self.config.interval) {
+            // A push waits for room like any build: skipped now, its
+            // window goes into the next one.
+            let Ok(admission) = heapprof::admit(heapprof::BuildKind::Heap) else {
+                continue;
+            };
             let now = heapprof::snapshot();
             let until = SystemTime::now();
-            let profile = now.with_allocs_since(&base).to_pprof();
+            let options = heapprof::PprofOptions::new().symbolize(admission.symbolize());
+            let profile = now.with_allocs_since(&base).to_pprof_with(&options);
+            drop(admission);
             if self.push_with_retries(&profile, from, until) {
                 base = now;
                 from = until;

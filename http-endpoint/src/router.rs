@@ -3,10 +3,15 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::auth::require_token;
 use crate::config::Config;
+use crate::error::Error;
 use crate::routes::{cmdline, empty, goroutine, heap, index, leaks, profile, symbol};
 use crate::state::AppState;
 
@@ -58,12 +63,34 @@ fn metrics_routes() -> Router {
 }
 
 fn with_auth(router: Router, config: &Config) -> Router {
-    match &config.token {
+    let router = match &config.token {
         Some(token) => {
             let token: Arc<str> = Arc::from(token.as_str());
             router.layer(axum::middleware::from_fn_with_state(token, require_token))
         }
         None => router,
+    };
+    // Outermost: refuse an oversized body before reading any of it.
+    router
+        .layer(DefaultBodyLimit::max(symbol::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_large_bodies))
+}
+
+/// Answers 413 at once to a request whose `Content-Length` is beyond the
+/// largest body any route reads.
+async fn refuse_large_bodies(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > symbol::MAX_BODY_BYTES as u64 => Error::TooLarge(format!(
+            "a body of {n} bytes; at most {} are read",
+            symbol::MAX_BODY_BYTES
+        ))
+        .into_response(),
+        _ => next.run(request).await,
     }
 }
 

@@ -121,6 +121,13 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
     let listener = TcpListener::bind(&addr).map_err(bind_failed)?;
     listener.set_nonblocking(true).map_err(bind_failed)?;
     let bound = listener.local_addr().map_err(bind_failed)?;
+    if !bound.ip().is_loopback() && config.token.is_none() {
+        eprintln!(
+            "heapprof-http: serving {bound}, which is not a loopback address, without a \
+             token: anyone who can reach it gets heap profiles and the command line; set \
+             HEAPPROF_TOKEN to require one"
+        );
+    }
     let started = |e| Error::Start(Arc::new(e));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,6 +136,7 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
         .build()
         .map_err(started)?;
     let router = config.router();
+    let limits = config.limits;
     let (shutdown, stop) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("heapprof-http".into())
@@ -144,12 +152,7 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
                 let stopped = async {
                     let _ = stop.await;
                 };
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-                {
-                    eprintln!("heapprof-http: server on {bound} stopped: {e}");
-                }
+                crate::listener::serve(listener, router, limits, stopped).await;
             });
             runtime.shutdown_timeout(Duration::from_secs(1));
         })

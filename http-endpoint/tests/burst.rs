@@ -11,8 +11,10 @@
 //! Without single flight and the build limit, 100 requests would build up
 //! to 100 profiles at once (≈100 × `single`). With them, at most one build
 //! runs per profile kind and its result is shared, so `burst` must stay
-//! under `2 × single`. The clients run in this process but stream the body
-//! into a fixed buffer, so they do not hold copies of it.
+//! within `single` plus 4 MiB for the connections themselves (the
+//! project's target: 100 concurrent heap requests cost at most one build
+//! and the encoded bytes). The clients run in this process but stream the
+//! body into a fixed buffer, so they do not hold copies of it.
 
 mod common;
 
@@ -178,9 +180,9 @@ fn hundred_concurrent_heap_requests_share_builds_and_do_not_spike() {
         }
     }
     assert!(
-        burst < 2 * single,
+        burst <= single + (4 << 20),
         "{REQUESTS} concurrent requests grew allocated memory by {burst} B, \
-         not under 2 x one request's {single} B"
+         more than one request's {single} B plus 4 MiB"
     );
     drop(kept);
 }

@@ -36,13 +36,52 @@ extern "C" fn release() {
     super::site_table::fork_release();
 }
 
-/// Registers `reset` to run in the child after every `fork`, for a lock
-/// outside the allocator path (one that may be held across allocations,
-/// so it cannot be taken before `fork`): the child resets what the lock
-/// guards instead.
-pub(crate) fn on_child(reset: extern "C" fn()) {
+/// Registers, once per `registered` flag, `reset` to run in the child
+/// after every `fork`, for a lock outside the allocator path (one that may
+/// be held for long, so `fork` cannot wait for it): the child resets what
+/// the lock guards instead, with [`reset_mutex`] or [`reset_rwlock`].
+pub(crate) fn on_child(registered: &AtomicBool, reset: extern "C" fn()) {
+    if registered.swap(true, Ordering::AcqRel) {
+        return;
+    }
     // SAFETY: registers a plain function pointer; see `register_handlers`.
     unsafe {
         libc::pthread_atfork(None, None, Some(reset));
+    }
+}
+
+/// In a child right after `fork`: if a thread of the parent held `lock`
+/// (that thread does not exist here), unlocks it and replaces what it
+/// guards with `fresh()`, leaking the old value, which may be half-updated.
+pub(crate) fn reset_mutex<T>(lock: &parking_lot::Mutex<T>, fresh: impl FnOnce() -> T) {
+    if !lock.is_locked() {
+        return;
+    }
+    // SAFETY: only called from an atfork child handler: the child has one
+    // thread, this one, which does not hold the lock, so its holder is gone
+    // for good. The slot is overwritten without reading or dropping the old
+    // value.
+    unsafe {
+        lock.force_unlock();
+        core::ptr::write(lock.data_ptr(), fresh());
+    }
+}
+
+/// [`reset_mutex`] for a read-write lock: readers of the parent are gone
+/// too; the value is replaced only if a writer held it.
+pub(crate) fn reset_rwlock<T>(lock: &parking_lot::RwLock<T>, fresh: impl FnOnce() -> T) {
+    if lock.is_locked_exclusive() {
+        // SAFETY: as in `reset_mutex`; a writer may have left the value
+        // half-updated, so it is replaced without being dropped.
+        unsafe {
+            lock.force_unlock_write();
+            core::ptr::write(lock.data_ptr(), fresh());
+        }
+        return;
+    }
+    while lock.is_locked() {
+        // SAFETY: as in `reset_mutex`; each call releases one read lock of
+        // a thread that no longer exists. Readers do not modify the value.
+        unsafe { lock.force_unlock_read() };
     }
 }

@@ -153,8 +153,16 @@ pub fn headroom() -> Option<(u64, u64)> {
 /// Admits a build of `kind`, symbolized if it fits, else unsymbolized if
 /// that fits, else refuses.
 pub fn admit(kind: BuildKind) -> Result<Admission, NoRoom> {
+    admit_within(kind, 0)
+}
+
+/// [`admit`], counting `freed` more bytes of headroom: memory the caller
+/// just freed that is still resident in the allocator, which the build's
+/// own allocations will reuse (the OOM guard's reserve).
+pub(crate) fn admit_within(kind: BuildKind, freed: u64) -> Result<Admission, NoRoom> {
     let (symbolized, unsymbolized) = costs(kind);
-    admit_with(kind, symbolized, unsymbolized, headroom())
+    let room = headroom().map(|(headroom, limit)| (headroom.saturating_add(freed), limit));
+    admit_with(kind, symbolized, unsymbolized, room)
 }
 
 fn admit_with(

@@ -13,6 +13,11 @@ static BUILD_IDS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
 /// Executable file mappings of this process, the main executable first,
 /// each with its file's build ID (empty if none).
 pub(crate) fn current() -> Vec<(Mapping, String)> {
+    static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    extern "C" fn reset_in_child() {
+        crate::alloc::fork::reset_mutex(&BUILD_IDS, || None);
+    }
+    crate::alloc::fork::on_child(&REGISTERED, reset_in_child);
     let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     let exe = std::fs::read_link("/proc/self/exe")
         .map(|p| p.display().to_string())

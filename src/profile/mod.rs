@@ -9,17 +9,19 @@
 //! profiles it writes.
 
 mod admission;
-pub(crate) mod mappings;
+mod mappings;
 mod proto;
 mod site;
 mod snapshot;
 mod stats;
 pub(crate) mod symbolize;
 mod text;
+pub(crate) mod writer;
 
+pub(crate) use admission::admit_within;
 pub use admission::{Admission, BuildKind, BuildMode, NoRoom, admit, headroom};
 pub use proto::SITE_TABLE_FULL;
 pub use site::{SampleType, SampledCounts, Site, Totals, UnknownSampleType};
 pub use snapshot::{PprofOptions, Snapshot, peak_snapshot, snapshot, snapshot_older_than};
 pub use stats::{Stats, stats};
-pub use symbolize::{Frame, is_plumbing};
+pub use symbolize::{Frame, function_names, is_plumbing};

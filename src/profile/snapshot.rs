@@ -256,7 +256,20 @@ impl Snapshot {
 
     /// Go's `debug=1` heap text format.
     pub fn to_text(&self) -> String {
-        untracked(|| super::text::encode(self))
+        self.to_text_with(&PprofOptions::default())
+    }
+
+    /// [`Snapshot::to_text`] with options (of which the text format uses
+    /// [`PprofOptions::symbolize`]: without, frames are addresses only).
+    pub fn to_text_with(&self, options: &PprofOptions) -> String {
+        untracked(|| {
+            let resolved = if options.unsymbolized {
+                HashMap::new()
+            } else {
+                symbolize::resolve_all(self.sites.iter().flat_map(|s| s.stack.iter().copied()))
+            };
+            super::text::encode(self, &resolved)
+        })
     }
 }
 

@@ -17,10 +17,12 @@
 
 use std::fmt::Write;
 
-use super::Snapshot;
-use super::symbolize;
+use std::collections::HashMap;
 
-pub(crate) fn encode(snap: &Snapshot) -> String {
+use super::Snapshot;
+use super::symbolize::{self, Resolved};
+
+pub(crate) fn encode(snap: &Snapshot, resolved: &HashMap<usize, Resolved>) -> String {
     let mut out = String::new();
     let raw = snap.sites.iter().fold([0i64; 4], |t, s| {
         [
@@ -39,12 +41,15 @@ pub(crate) fn encode(snap: &Snapshot) -> String {
         raw[3],
         2 * snap.sample_rate
     );
-    let resolved = symbolize::resolve_all(snap.sites.iter().flat_map(|s| s.stack.iter().copied()));
     let mut order: Vec<usize> = (0..snap.sites.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(snap.sites[i].sampled.inuse_bytes));
     for i in order {
         let site = &snap.sites[i];
-        let kept = symbolize::trim(site.stack, &resolved);
+        let kept = if resolved.is_empty() {
+            symbolize::untrimmed(site.stack)
+        } else {
+            symbolize::trim(site.stack, resolved)
+        };
         let s = site.sampled;
         let _ = write!(
             out,
@@ -65,17 +70,12 @@ pub(crate) fn encode(snap: &Snapshot) -> String {
         }
         for k in &kept {
             let call = k.ip.saturating_sub(1);
-            let frames = resolved
-                .get(&k.ip)
-                .map_or(&[][..], |r| &r[k.skip_inlined.min(r.len())..]);
+            let frames = symbolize::frames_of(resolved, *k);
             if frames.is_empty() {
                 let _ = writeln!(out, "#\t{call:#x}");
             }
             for f in frames {
-                let offset = call
-                    .checked_sub(f.symbol_address)
-                    .filter(|_| f.symbol_address != 0)
-                    .unwrap_or(0);
+                let offset = symbolize::offset_in(call, f);
                 let _ = writeln!(
                     out,
                     "#\t{call:#x}\t{}+{offset:#x}\t{}:{}",

@@ -238,9 +238,7 @@ impl ThreadDump {
     }
 
     fn frames_of(&self, k: Kept) -> &[Frame] {
-        self.resolved
-            .get(&k.ip)
-            .map_or(&[][..], |r| &r[k.skip_inlined.min(r.len())..])
+        symbolize::frames_of(&self.resolved, k)
     }
 }
 

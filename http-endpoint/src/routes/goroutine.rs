@@ -81,7 +81,11 @@ pub(crate) async fn goroutine(
     let (outcome, _started) = flights()
         .run(form, move || async move {
             let _permit = state.build_permit().await?;
-            blocking(move || form.encode(&heapprof::thread_dump())).await
+            blocking(move || {
+                let _admission = heapprof::admit(heapprof::BuildKind::Threads)?;
+                Ok(form.encode(&heapprof::thread_dump()))
+            })
+            .await?
         })
         .await;
     let body = outcome?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
-use heapprof::{PprofOptions, SampleType, Snapshot};
+use heapprof::{BuildKind, PprofOptions, SampleType, Snapshot};
 
 use super::{attachment, blocking, plain};
 use crate::error::{Error, Result};
@@ -69,10 +69,12 @@ async fn serve(state: AppState, query: Option<String>, allocs: bool) -> Result<R
     })
 }
 
-/// One build: a build slot, then snapshot and encode off the async threads.
+/// One build: a build slot, then admission, snapshot and encode off the
+/// async threads.
 async fn build(state: AppState, key: ProfileKey) -> Result<Bytes> {
     let _permit = state.build_permit().await?;
     blocking(move || {
+        let admission = heapprof::admit(BuildKind::Heap)?;
         if key.gc {
             release_memory();
         }
@@ -81,9 +83,9 @@ async fn build(state: AppState, key: ProfileKey) -> Result<Bytes> {
             (false, Some(age)) => heapprof::snapshot_older_than(age),
             (false, None) => heapprof::snapshot(),
         };
-        encode(&snapshot, key.allocs, key.text, key.ages)
+        Ok(encode(&snapshot, key, admission.symbolize()))
     })
-    .await
+    .await?
 }
 
 async fn delta(state: &AppState, window: Duration, allocs: bool, gc: bool) -> Result<Bytes> {
@@ -98,25 +100,30 @@ async fn delta(state: &AppState, window: Duration, allocs: bool, gc: bool) -> Re
     tokio::time::sleep(window).await;
     let _permit = state.build_permit().await?;
     blocking(move || {
+        let admission = heapprof::admit(BuildKind::Heap)?;
         if gc {
             release_memory();
         }
-        encode(
-            &heapprof::snapshot().delta_since(&base),
+        let key = ProfileKey {
             allocs,
-            false,
-            false,
-        )
+            text: false,
+            gc,
+            peak: false,
+            min_age: None,
+            ages: false,
+        };
+        let delta = heapprof::snapshot().delta_since(&base);
+        Ok(encode(&delta, key, admission.symbolize()))
     })
-    .await
+    .await?
 }
 
-fn encode(snapshot: &Snapshot, allocs: bool, text: bool, ages: bool) -> Bytes {
-    if text {
-        return snapshot.to_text().into();
+fn encode(snapshot: &Snapshot, key: ProfileKey, symbolize: bool) -> Bytes {
+    let mut options = PprofOptions::new().ages(key.ages).symbolize(symbolize);
+    if key.text {
+        return snapshot.to_text_with(&options).into();
     }
-    let mut options = PprofOptions::new().ages(ages);
-    if allocs {
+    if key.allocs {
         options = options.default_sample_type(SampleType::AllocSpace);
     }
     snapshot.to_pprof_with(&options).into()

@@ -239,6 +239,24 @@ fn resolve_batch(ips: &[usize]) -> Vec<Resolved> {
     out
 }
 
+/// The innermost function at each code address of this process, demangled
+/// (Go's `runtime.FuncForPC`, what `/debug/pprof/symbol` answers); `None`
+/// where nothing names it. Uses the symbol cache like profiles do.
+pub fn function_names(addresses: &[usize]) -> Vec<Option<String>> {
+    crate::alloc::reentrancy::untracked(|| {
+        // The resolver takes return addresses (the call is at ip - 1).
+        let ips: Vec<usize> = addresses.iter().map(|a| a.saturating_add(1)).collect();
+        let resolved = resolve_all(ips.iter().copied());
+        ips.iter()
+            .map(|ip| {
+                let frames = resolved.get(ip)?;
+                let f = frames.first()?;
+                (!f.function.starts_with("0x")).then(|| f.function.clone())
+            })
+            .collect()
+    })
+}
+
 /// A demangled Rust (legacy or v0) symbol without its hash; other names
 /// as they are.
 pub(crate) fn demangle(name: &str) -> String {
@@ -252,24 +270,14 @@ pub(crate) fn demangle(name: &str) -> String {
 /// of the parent may have held its lock mid-update when `fork` copied it.
 fn register_fork_reset() {
     static REGISTERED: AtomicBool = AtomicBool::new(false);
-    if REGISTERED.swap(true, Ordering::AcqRel) {
-        return;
-    }
     extern "C" fn reset_in_child() {
         if CACHE.is_locked() {
-            // SAFETY: in the child, right after fork, only this thread
-            // exists: the holder of the lock is gone for good. Its cache may
-            // be half-updated, so it is leaked, not dropped: the slot is
-            // overwritten without reading or dropping the old value.
-            unsafe {
-                CACHE.force_unlock();
-                core::ptr::write(CACHE.data_ptr(), None);
-            }
             CACHE_BYTES.store(0, Ordering::Relaxed);
             CACHE_ENTRIES.store(0, Ordering::Relaxed);
         }
+        crate::alloc::fork::reset_mutex(&CACHE, || None);
     }
-    crate::alloc::fork::on_child(reset_in_child);
+    crate::alloc::fork::on_child(&REGISTERED, reset_in_child);
 }
 
 /// (entries, approximate heap bytes, total nanoseconds spent resolving)
@@ -288,6 +296,34 @@ pub(crate) fn cache_stats() -> (usize, u64, u64) {
 pub(crate) struct Kept {
     pub ip: usize,
     pub skip_inlined: usize,
+}
+
+/// The frames of `kept` (its address's, minus the inlined levels trimmed).
+pub(crate) fn frames_of(resolved: &HashMap<usize, Resolved>, kept: Kept) -> &[Frame] {
+    resolved
+        .get(&kept.ip)
+        .map_or(&[][..], |r| &r[kept.skip_inlined.min(r.len())..])
+}
+
+/// Offset of call address `call` into the function of `f`, 0 if unknown
+/// (the `+0x..` of Go's text formats).
+pub(crate) fn offset_in(call: usize, f: &Frame) -> usize {
+    if f.symbol_address == 0 {
+        return 0;
+    }
+    call.saturating_sub(f.symbol_address)
+}
+
+/// The stack as it is, for an unsymbolized profile (pprof trims it by
+/// `drop_frames` once it has names).
+pub(crate) fn untrimmed(stack: &[usize]) -> Vec<Kept> {
+    stack
+        .iter()
+        .map(|&ip| Kept {
+            ip,
+            skip_inlined: 0,
+        })
+        .collect()
 }
 
 /// Removes the profiler's frames and the allocation plumbing from the top of
