@@ -48,6 +48,7 @@
 #![warn(missing_docs)]
 
 mod alloc;
+mod cpu;
 mod history;
 mod labels;
 mod oom_guard;
@@ -59,6 +60,7 @@ mod threads;
 pub mod wire;
 
 pub use alloc::Profiler;
+pub use cpu::{CpuProfileError, cpu_profile};
 pub use alloc::config::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate};
 pub use alloc::peak::{peak_inuse_bytes, reset_peak};
 pub use alloc::stack::{Unwinder, unwinder};

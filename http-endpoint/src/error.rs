@@ -40,6 +40,15 @@ pub enum Error {
          with the token the process was started with (HEAPPROF_TOKEN)"
     )]
     Unauthorized,
+    /// The profile is process-wide and already being taken (409 with
+    /// `Retry-After`).
+    #[error("{what}; retry after {} s", retry_after.as_secs().max(1))]
+    Conflict {
+        /// What is taken, and until when.
+        what: String,
+        /// When trying again makes sense.
+        retry_after: Duration,
+    },
     /// Too many profile requests at once (429 with `Retry-After`).
     #[error("{what}; retry after {} s", retry_after.as_secs().max(1))]
     Busy {
@@ -102,6 +111,7 @@ impl Error {
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::NoRoom(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::CpuProfiler(_)
             | Error::Build(_)
@@ -121,7 +131,7 @@ impl IntoResponse for Error {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         match &self {
-            Error::Busy { retry_after, .. } => {
+            Error::Busy { retry_after, .. } | Error::Conflict { retry_after, .. } => {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs().max(1)),

@@ -38,8 +38,6 @@ pub(crate) struct Inner {
     builds: Arc<Semaphore>,
     /// Delta and CPU-profile windows open at once.
     windows: Arc<Semaphore>,
-    /// The CPU profiler is process-wide: one at a time.
-    cpu: Arc<Semaphore>,
 }
 
 impl AppState {
@@ -47,7 +45,6 @@ impl AppState {
         AppState(Arc::new(Inner {
             builds: Arc::new(Semaphore::new(config.max_builds)),
             windows: Arc::new(Semaphore::new(config.max_delta_requests)),
-            cpu: Arc::new(Semaphore::new(1)),
             flights: SingleFlight::new(),
             config: config.clone(),
         }))
@@ -83,16 +80,6 @@ impl AppState {
                     self.0.config.max_delta_requests
                 ),
                 retry_after: std::time::Duration::from_secs(5),
-            })
-    }
-
-    /// The CPU profiler, now or 429 (Go answers 500 here; 429 says when to retry).
-    pub fn cpu_permit(&self, retry_after: std::time::Duration) -> Result<OwnedSemaphorePermit> {
-        Arc::clone(&self.0.cpu)
-            .try_acquire_owned()
-            .map_err(|_| Error::Busy {
-                what: "a CPU profile is already being taken (the profiler is process-wide)".into(),
-                retry_after,
             })
     }
 }

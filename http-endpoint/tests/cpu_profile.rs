@@ -77,4 +77,22 @@ fn cpu_profile_while_four_threads_allocate_hard() {
         names.iter().any(|n| n.contains("cpu_test_churn")),
         "the allocating function is in the CPU profile: {names:?}"
     );
+
+    // The CPU profiler is process-wide: while one profile runs, a second
+    // is refused at once with 409 and when to retry, not queued or 500.
+    let addr = server.addr();
+    let first = std::thread::spawn(move || get(addr, "/debug/pprof/profile?seconds=3"));
+    std::thread::sleep(Duration::from_millis(500));
+    let second = get(addr, "/debug/pprof/profile?seconds=1");
+    assert_eq!(second.status, 409, "{}", second.text());
+    assert!(second.text().contains("already being taken"), "{}", second.text());
+    let retry: u64 = second
+        .header("retry-after")
+        .expect("Retry-After on 409")
+        .parse()
+        .unwrap();
+    assert!((1..=3).contains(&retry), "retry after {retry} s");
+    assert_eq!(first.join().unwrap().status, 200);
+    // And afterwards the next one runs.
+    assert_eq!(get(addr, "/debug/pprof/profile?seconds=1").status, 200);
 }

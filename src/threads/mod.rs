@@ -30,7 +30,7 @@
 
 mod encode;
 mod signal;
-mod unwind;
+pub(crate) mod unwind;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,11 +39,10 @@ use std::time::{Duration, SystemTime};
 use crate::alloc::reentrancy::untracked;
 use crate::profile::symbolize::{self, Frame, Kept, Resolved};
 use crate::sys::fs::Fs;
-use crate::sys::{maps, tasks};
+use crate::sys::tasks;
 
 pub use signal::DEFAULT_THREAD_DUMP_SIGNAL;
 use signal::{Answer, Target};
-use unwind::StackRange;
 
 /// How long [`thread_dump`] waits for threads to answer, in all.
 pub const THREAD_DUMP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -294,11 +293,11 @@ fn dump(timeout: Duration) -> ThreadDump {
         });
     }
     // After the task list: every listed thread's stack is mapped by now.
-    let (stacks, code) = mappings(&fs);
+    let layout = unwind::Layout::current(&fs);
     let me = signal::gettid();
 
     let captured = match (&turn, chosen) {
-        (Ok(turn), Ok(_)) => signal::capture(turn, &targets, stacks, code, timeout),
+        (Ok(turn), Ok(_)) => signal::capture(turn, &targets, layout, timeout),
         (Err(e), _) => Err(e.clone()),
         (_, Err(e)) => Err(e),
     };
@@ -362,25 +361,6 @@ fn chosen_signal(e: &ThreadDumpError) -> Option<i32> {
         ThreadDumpError::AlreadyInstalled { installed } => Some(*installed),
         _ => None,
     }
-}
-
-/// The readable and writable private mappings (every thread stack and
-/// alternate signal stack is one of them) and the executable ones.
-fn mappings(fs: &Fs) -> (Vec<StackRange>, Vec<StackRange>) {
-    let text = fs.read("/proc/self/maps").unwrap_or_default();
-    let (mut stacks, mut code) = (Vec::new(), Vec::new());
-    for m in maps::parse_maps(&text) {
-        let range = StackRange {
-            low: m.start as usize,
-            high: m.end as usize,
-        };
-        if m.perms.starts_with("rw") && m.perms.ends_with('p') {
-            stacks.push(range);
-        } else if m.perms.starts_with("r-x") {
-            code.push(range);
-        }
-    }
-    (stacks, code)
 }
 
 /// A return address the unwinder found above the stack pointer of a

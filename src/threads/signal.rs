@@ -66,7 +66,7 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::ThreadDumpError;
-use super::unwind::{self, StackRange};
+use super::unwind::{self, Layout};
 
 /// Frames kept per thread.
 pub(crate) const MAX_FRAMES: usize = 128;
@@ -105,15 +105,12 @@ struct Slot {
 struct Request {
     /// Sorted by `tid`.
     slots: Box<[Slot]>,
-    /// Readable and writable private mappings, sorted by start.
-    stacks: Box<[StackRange]>,
-    /// Executable mappings, sorted by start.
-    code: Box<[StackRange]>,
+    /// What the handlers may read.
+    layout: Layout,
 }
 
 // SAFETY: a Request is shared between the requester and signal handlers.
-// `tid`, `stacks` and `code` are written before publication and only read
-// after.
+// `tid` and `layout` are written before publication and only read after.
 // Each slot's `frames` is written only by the one thread whose id it
 // carries, after it moved the slot WAITING -> WRITING with a
 // compare-exchange (so once), and read by the requester only after it
@@ -125,12 +122,6 @@ impl Request {
     fn slot(&self, tid: i32) -> Option<&Slot> {
         let i = self.slots.binary_search_by_key(&tid, |s| s.tid).ok()?;
         self.slots.get(i)
-    }
-
-    fn stack_containing(&self, sp: usize) -> Option<StackRange> {
-        let after = self.stacks.partition_point(|r| r.low <= sp);
-        let r = *self.stacks.get(after.checked_sub(1)?)?;
-        (sp < r.high).then_some(r)
     }
 }
 
@@ -184,16 +175,7 @@ fn record(request: &Request, context: *mut libc::c_void) {
     // SAFETY: `context` is the third argument of this SA_SIGINFO handler.
     let depth = match unsafe { unwind::registers(context) } {
         Some(regs) => {
-            // A stack pointer outside every known mapping (a stack mapped
-            // after the snapshot) gets an empty range: the pc alone.
-            let stack = request.stack_containing(regs.sp).unwrap_or(StackRange {
-                low: regs.sp,
-                high: regs.sp,
-            });
-            let memory = unwind::Memory {
-                stack,
-                code: &request.code,
-            };
+            let memory = request.layout.memory_at(regs.sp);
             // SAFETY: this thread claimed the slot above, so it is the only
             // writer, and the requester reads only after DONE.
             let frames = unsafe { &mut *slot.frames.get() };
@@ -413,8 +395,7 @@ fn query(signal: i32) -> Result<libc::sighandler_t, ThreadDumpError> {
 pub(crate) fn capture(
     _turn: &Turn,
     targets: &[Target],
-    stacks: Vec<StackRange>,
-    code: Vec<StackRange>,
+    layout: Layout,
     timeout: Duration,
 ) -> Result<(i32, Vec<Answer>), ThreadDumpError> {
     if !cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) {
@@ -434,13 +415,9 @@ pub(crate) fn capture(
             frames: UnsafeCell::new([0; MAX_FRAMES]),
         })
         .collect();
-    let (mut stacks, mut code) = (stacks, code);
-    stacks.sort_by_key(|r| r.low);
-    code.sort_by_key(|r| r.low);
     let request = Box::into_raw(Box::new(Request {
         slots,
-        stacks: stacks.into_boxed_slice(),
-        code: code.into_boxed_slice(),
+        layout,
     }));
     CURRENT.store(request, Ordering::SeqCst);
     // SAFETY: `request` stays allocated until the end of this function

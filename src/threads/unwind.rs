@@ -78,6 +78,58 @@ pub(crate) unsafe fn registers(context: *const core::ffi::c_void) -> Option<Regi
     }
 }
 
+/// The mappings a handler may read, from a snapshot of `/proc/self/maps`
+/// taken before it runs: the readable and writable private ones (every
+/// thread stack and alternate signal stack is one of them) and the
+/// executable ones, each sorted by start.
+#[derive(Debug, Default)]
+pub(crate) struct Layout {
+    pub stacks: Box<[StackRange]>,
+    pub code: Box<[StackRange]>,
+}
+
+impl Layout {
+    /// This process's layout now. Allocates: never call it in a handler.
+    pub fn current(fs: &crate::sys::fs::Fs) -> Layout {
+        let text = fs.read("/proc/self/maps").unwrap_or_default();
+        let (mut stacks, mut code) = (Vec::new(), Vec::new());
+        for m in crate::sys::maps::parse_maps(&text) {
+            let range = StackRange {
+                low: m.start as usize,
+                high: m.end as usize,
+            };
+            if m.perms.starts_with("rw") && m.perms.ends_with('p') {
+                stacks.push(range);
+            } else if m.perms.starts_with("r-x") {
+                code.push(range);
+            }
+        }
+        stacks.sort_by_key(|r| r.low);
+        code.sort_by_key(|r| r.low);
+        Layout {
+            stacks: stacks.into_boxed_slice(),
+            code: code.into_boxed_slice(),
+        }
+    }
+
+    /// What an unwind starting at stack pointer `sp` may read: the mapping
+    /// holding `sp` (empty if none does: a stack mapped after the snapshot,
+    /// whose unwind then yields the pc alone) and the code. Async-signal-safe.
+    pub fn memory_at(&self, sp: usize) -> Memory<'_> {
+        let after = self.stacks.partition_point(|r| r.low <= sp);
+        let stack = after
+            .checked_sub(1)
+            .and_then(|i| self.stacks.get(i))
+            .filter(|r| sp < r.high)
+            .copied()
+            .unwrap_or(StackRange { low: sp, high: sp });
+        Memory {
+            stack,
+            code: &self.code,
+        }
+    }
+}
+
 /// What an unwind may read: the interrupted thread's stack mapping and the
 /// process's executable mappings (sorted by start), both from a snapshot
 /// of `/proc/self/maps` taken before the signal was sent.

@@ -14,7 +14,9 @@ use crate::state::AppState;
 const DEFAULT_SECONDS: u64 = 30;
 
 /// `GET /debug/pprof/profile`: samples every thread's stack at
-/// [`crate::cpu::FREQUENCY_HZ`] for `seconds` and answers gzipped pprof.
+/// `heapprof`'s 100 Hz for `seconds` and answers gzipped pprof; while
+/// another CPU profile runs in the process (this route's or the gops
+/// agent's), 409 with `Retry-After`.
 pub(crate) async fn profile(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -29,7 +31,6 @@ pub(crate) async fn profile(
     let window = params
         .seconds
         .unwrap_or(Duration::from_secs(DEFAULT_SECONDS.min(max)));
-    let _cpu = state.cpu_permit(window)?;
     let _window = state.window_permit()?;
     let body = blocking(move || crate::cpu::profile(window)).await??;
     Ok(attachment("profile", body.into()))
