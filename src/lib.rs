@@ -60,10 +60,10 @@ mod threads;
 pub mod wire;
 
 pub use alloc::Profiler;
-pub use cpu::{CpuProfileError, cpu_profile};
 pub use alloc::config::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate};
 pub use alloc::peak::{peak_inuse_bytes, reset_peak};
 pub use alloc::stack::{Unwinder, unwinder};
+pub use cpu::{CpuProfileError, cpu_profile};
 pub use history::{HistoryGuard, LeakSuspect, history_interval, leak_suspects, start_history};
 pub use labels::{LabelGuard, LabelsExt, WithLabels, set_labels, with_labels};
 pub use oom_guard::{OomGuard, OomGuardConfig, OomGuardError};

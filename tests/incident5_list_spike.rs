@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::cgroup::ChildCgroup;
 use common::serve::Service;
 
 /// The two tests each drive a process with hundreds of MB of requests on a
@@ -130,83 +131,6 @@ fn peak_profile_names_the_list_handler_after_memory_went_down() {
         (now as f64) < 0.05 * at_peak as f64,
         "build_pod_list still holds {now} bytes, >= 5% of its {at_peak} at the peak"
     );
-}
-
-/// The memory cgroup v1 directory of this process.
-fn own_memory_cgroup() -> Result<PathBuf, String> {
-    let own = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-    let path = own
-        .lines()
-        .find_map(|l| {
-            let mut p = l.splitn(3, ':');
-            let (_, controllers, path) = (p.next()?, p.next()?, p.next()?);
-            controllers
-                .split(',')
-                .any(|c| c == "memory")
-                .then(|| path.trim_end_matches('/').to_owned())
-        })
-        .ok_or("no cgroup v1 memory controller in /proc/self/cgroup")?;
-    Ok(PathBuf::from(format!("/sys/fs/cgroup/memory{path}")))
-}
-
-/// A child memory cgroup with a limit; removed on drop (after the process
-/// in it is gone).
-struct ChildCgroup(PathBuf);
-
-impl ChildCgroup {
-    fn create(limit: u64) -> Result<Self, String> {
-        let dir = own_memory_cgroup()?.join(format!("heapprof-spike-{}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let cg = Self(dir);
-        cg.write("memory.limit_in_bytes", &limit.to_string())?;
-        Ok(cg)
-    }
-
-    fn write(&self, file: &str, value: &str) -> Result<(), String> {
-        let path = self.0.join(file);
-        std::fs::write(&path, value)
-            .map_err(|e| format!("write {value} to {}: {e}", path.display()))
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.0.join(file)).unwrap_or_default()
-    }
-
-    fn read_number(&self, file: &str) -> u64 {
-        self.read(file).trim().parse().unwrap_or(0)
-    }
-
-    /// Usage minus inactive file pages, as the kubelet and the guard read it.
-    fn working_set(&self) -> u64 {
-        let inactive = self
-            .read("memory.stat")
-            .lines()
-            .find_map(|l| l.strip_prefix("total_inactive_file ")?.trim().parse().ok())
-            .unwrap_or(0);
-        self.read_number("memory.usage_in_bytes")
-            .saturating_sub(inactive)
-    }
-
-    /// `oom_kill N` from memory.oom_control.
-    fn oom_kills(&self) -> u64 {
-        self.read("memory.oom_control")
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for ChildCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("could not remove {}", self.0.display());
-    }
 }
 
 /// A temporary directory, removed on drop.
@@ -305,7 +229,7 @@ impl Drop for Clients {
 fn oom_guard_dumps_before_the_cgroup_limit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const LIMIT: u64 = 512 << 20;
-    let cg = match ChildCgroup::create(LIMIT) {
+    let cg = match ChildCgroup::create("heapprof-spike", LIMIT) {
         Ok(cg) => cg,
         Err(e) if std::env::var("HEAPPROF_SKIP_BPF").as_deref() == Ok("1") => {
             eprintln!(
@@ -357,7 +281,7 @@ fn oom_guard_dumps_before_the_cgroup_limit() {
     let baseline = cg.working_set();
     eprintln!(
         "limit {LIMIT}, baseline working set {baseline} (usage {})",
-        cg.read_number("memory.usage_in_bytes")
+        cg.memory().usage
     );
     assert!(
         baseline < LIMIT / 4,
@@ -386,7 +310,7 @@ fn oom_guard_dumps_before_the_cgroup_limit() {
         cg.working_set(),
         100.0 * cg.working_set() as f64 / LIMIT as f64,
         clients.served.load(Ordering::Relaxed),
-        cg.read_number("memory.max_usage_in_bytes"),
+        cg.read("memory.max_usage_in_bytes").trim(),
     );
     // No more clients, but the ones running keep the working set where it
     // is until the guard's dump appears: the guard samples memory every

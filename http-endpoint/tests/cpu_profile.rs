@@ -85,7 +85,11 @@ fn cpu_profile_while_four_threads_allocate_hard() {
     std::thread::sleep(Duration::from_millis(500));
     let second = get(addr, "/debug/pprof/profile?seconds=1");
     assert_eq!(second.status, 409, "{}", second.text());
-    assert!(second.text().contains("already being taken"), "{}", second.text());
+    assert!(
+        second.text().contains("already being taken"),
+        "{}",
+        second.text()
+    );
     let retry: u64 = second
         .header("retry-after")
         .expect("Retry-After on 409")

@@ -174,8 +174,7 @@ impl Sampling {
     /// Installs the handler and starts the timer at `hz` samples per second
     /// of CPU time.
     pub fn start(hz: u32) -> Result<Sampling, StartError> {
-        let ours = on_sigprof
-            as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+        let ours = on_sigprof as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
             as libc::sighandler_t;
         // SAFETY: zeroed sigaction structs are valid values to fill in.
         let (mut action, mut old): (libc::sigaction, libc::sigaction) =

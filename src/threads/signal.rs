@@ -415,10 +415,7 @@ pub(crate) fn capture(
             frames: UnsafeCell::new([0; MAX_FRAMES]),
         })
         .collect();
-    let request = Box::into_raw(Box::new(Request {
-        slots,
-        layout,
-    }));
+    let request = Box::into_raw(Box::new(Request { slots, layout }));
     CURRENT.store(request, Ordering::SeqCst);
     // SAFETY: `request` stays allocated until the end of this function
     // (or forever, if handlers do not drain); shared reads only.
@@ -526,6 +523,7 @@ pub(crate) fn capture(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::threads::unwind::StackRange;
 
     #[test]
     fn signal_names() {
@@ -567,25 +565,53 @@ mod tests {
                     frames: UnsafeCell::new([0; MAX_FRAMES]),
                 })
                 .collect(),
-            stacks: vec![
-                StackRange {
-                    low: 100,
-                    high: 200,
-                },
-                StackRange {
-                    low: 300,
-                    high: 400,
-                },
-            ]
-            .into(),
-            code: Box::new([]),
+            layout: Layout {
+                stacks: vec![
+                    StackRange {
+                        low: 100,
+                        high: 200,
+                    },
+                    StackRange {
+                        low: 300,
+                        high: 400,
+                    },
+                ]
+                .into(),
+                code: Box::new([]),
+            },
         };
         assert_eq!(request.slot(7).map(|s| s.tid), Some(7));
         assert!(request.slot(8).is_none());
-        assert_eq!(request.stack_containing(150).map(|r| r.low), Some(100));
-        assert_eq!(request.stack_containing(300).map(|r| r.low), Some(300));
-        assert!(request.stack_containing(200).is_none());
-        assert!(request.stack_containing(50).is_none());
-        assert!(request.stack_containing(400).is_none());
+        let stack = |sp| request.layout.memory_at(sp).stack;
+        assert_eq!(
+            stack(150),
+            StackRange {
+                low: 100,
+                high: 200
+            }
+        );
+        assert_eq!(
+            stack(300),
+            StackRange {
+                low: 300,
+                high: 400
+            }
+        );
+        // Outside every mapping: an empty range at the stack pointer.
+        assert_eq!(
+            stack(200),
+            StackRange {
+                low: 200,
+                high: 200
+            }
+        );
+        assert_eq!(stack(50), StackRange { low: 50, high: 50 });
+        assert_eq!(
+            stack(400),
+            StackRange {
+                low: 400,
+                high: 400
+            }
+        );
     }
 }

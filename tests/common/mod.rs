@@ -2,6 +2,7 @@
 //! by `cargo test`, running them, and reading pprof profiles.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod serve;
 
 use std::collections::HashMap;
