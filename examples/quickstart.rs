@@ -5,10 +5,12 @@
 //! 1 GiB in `churn`, then writes its heap profile.
 //!
 //! ```text
-//! quickstart [OUT] [--text] [--scale F] [--serve ADDR]
+//! quickstart [OUT] [--text] [--unsymbolized] [--scale F] [--serve ADDR]
 //! ```
 //! - `OUT`: where to write the profile (default `heap.pb.gz`); `-` for stdout.
 //! - `--text`: Go's `debug=1` text format instead of gzipped pprof.
+//! - `--unsymbolized`: addresses and build IDs only, as a process with too
+//!   little memory left serves it (`heapprof pprof-heap` names it).
 //! - `--scale F`: multiply every amount by F (tests use 1/16 at rate 1).
 //! - `--serve ADDR`: then serve heapprof-http on ADDR (port 0: any), print
 //!   `listening on http://ADDR` and block until killed.
@@ -99,6 +101,7 @@ fn jemalloc_allocated() -> usize {
 struct Args {
     out: String,
     text: bool,
+    unsymbolized: bool,
     scale: f64,
     sites: usize,
     serve: Option<String>,
@@ -109,6 +112,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         out: "heap.pb.gz".into(),
         text: false,
+        unsymbolized: false,
         scale: 1.0,
         sites: 0,
         serve: None,
@@ -118,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--text" => args.text = true,
+            "--unsymbolized" => args.unsymbolized = true,
             "--scale" => {
                 let v = it.next().ok_or("--scale needs a number")?;
                 args.scale = v
@@ -173,11 +178,12 @@ fn main() {
     let snap = heapprof::snapshot();
     // What the profile costs: the first encoding symbolizes, later ones
     // reuse the symbol cache.
+    let options = heapprof::PprofOptions::new().symbolize(!args.unsymbolized);
     let (body, first) = timed(|| {
         if args.text {
-            snap.to_text().into_bytes()
+            snap.to_text_with(&options).into_bytes()
         } else {
-            snap.to_pprof()
+            snap.to_pprof_with(&options)
         }
     });
     let (_, cached) = timed(|| snap.to_pprof());

@@ -53,6 +53,24 @@ mod history;
 mod labels;
 mod oom_guard;
 mod profile;
+/// Naming and trimming a profile outside the process that took it
+/// (`heapprof pprof-heap`). Not part of heapprof's API: heapprof-cli uses it
+/// at the same version.
+#[doc(hidden)]
+pub mod offline {
+    pub use crate::profile::symbolize::{name_file_offsets, trim_point};
+
+    /// A frame named `function` in `file`, for [`trim_point`].
+    pub fn frame(function: &str, file: Option<&str>) -> crate::Frame {
+        crate::Frame {
+            function: function.to_owned(),
+            system_name: None,
+            file: file.map(str::to_owned),
+            line: 0,
+            symbol_address: 0,
+        }
+    }
+}
 #[doc(hidden)]
 pub mod sys;
 mod threads;

@@ -36,13 +36,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Fetch a heap profile; open it in `go tool pprof` if Go is installed.
+    /// Fetch a heap profile (or read one from a file); name it if it is
+    /// unsymbolized; open it in `go tool pprof` if Go is installed.
     PprofHeap {
-        /// PID or HOST:PORT.
+        /// PID, HOST:PORT or a profile file.
         target: String,
         /// Write the profile here instead.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// The binary the profile was taken from (matched by build ID),
+        /// when its path in the profile is not where it is here.
+        #[arg(long, value_name = "PATH")]
+        binary: Vec<PathBuf>,
+        /// A directory with debug files under `.build-id/xx/yyyy.debug`,
+        /// besides `/usr/lib/debug`.
+        #[arg(long, value_name = "DIR")]
+        debug_dir: Vec<PathBuf>,
     },
     /// Top call sites of a profile, readable without Go.
     Top {

@@ -16,6 +16,7 @@ mod cli;
 mod commands;
 mod fetch;
 mod format;
+mod name_profile;
 pub mod profile;
 mod scrape;
 mod symbols;

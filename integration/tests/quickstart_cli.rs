@@ -119,6 +119,95 @@ fn top_and_diff_of_quickstart_profiles() {
     );
 }
 
+/// What a process short of memory serves (addresses and build IDs) is
+/// named outside it: by the path its mapping names, or by `--binary`
+/// matched by build ID when that path is not there.
+#[test]
+fn pprof_heap_names_an_unsymbolized_profile() {
+    use pprof::protos::Message;
+    let dir = TempDir::new("qs-unsymbolized");
+    let raw = dir.0.join("raw.pb.gz");
+    let status = Command::new(example("quickstart"))
+        .arg(&raw)
+        .args(["--scale", SCALE, "--unsymbolized"])
+        .env("HEAPPROF_SAMPLE_RATE", "4096")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run quickstart");
+    assert!(status.success());
+    let p = heapprof_cli::profile::read_proto(&std::fs::read(&raw).unwrap(), 1 << 30).unwrap();
+    let s = |i: i64| p.string_table[i as usize].clone();
+    assert!(
+        p.location.iter().all(|l| l.line.is_empty()),
+        "addresses only"
+    );
+    assert!(p.comment.iter().any(|&c| s(c).contains("unsymbolized")));
+    assert!(
+        !s(p.mapping[0].build_id).is_empty(),
+        "build ID of the binary"
+    );
+
+    // By the mapping's own path.
+    let named = dir.0.join("named.pb.gz");
+    let raw_arg = raw.to_str().unwrap();
+    heapprof(
+        &["pprof-heap", raw_arg, "-o", named.to_str().unwrap()],
+        None,
+    );
+    let top = heapprof(&["top", named.to_str().unwrap(), "-n", "3"], None);
+    assert!(
+        top.lines()
+            .nth(2)
+            .unwrap()
+            .contains("quickstart::retain_buffers"),
+        "{top}"
+    );
+
+    // The binary moved: named with --binary, matched by build ID.
+    let mut moved = p.clone();
+    let gone = "/nonexistent/quickstart".to_owned();
+    moved.string_table.push(gone);
+    moved.mapping[0].filename = moved.string_table.len() as i64 - 1;
+    let moved_path = dir.0.join("moved.pb.gz");
+    std::fs::write(&moved_path, moved.encode_to_vec()).unwrap();
+    let out = common::heapprof()
+        .args([
+            "pprof-heap",
+            moved_path.to_str().unwrap(),
+            "-o",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no file matches the build ID") && err.contains("--binary"),
+        "{err}"
+    );
+    let copy = dir.0.join("quickstart-copy");
+    std::fs::copy(example("quickstart"), &copy).unwrap();
+    heapprof(
+        &[
+            "pprof-heap",
+            moved_path.to_str().unwrap(),
+            "--binary",
+            copy.to_str().unwrap(),
+            "-o",
+            named.to_str().unwrap(),
+        ],
+        None,
+    );
+    let top = heapprof(&["top", named.to_str().unwrap(), "-n", "3"], None);
+    assert!(
+        top.lines()
+            .nth(2)
+            .unwrap()
+            .contains("quickstart::retain_buffers"),
+        "{top}"
+    );
+}
+
 #[test]
 fn ps_pprof_heap_and_top_against_a_live_quickstart() {
     let dir = TempDir::new("qs-serve");

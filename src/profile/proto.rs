@@ -38,8 +38,8 @@ pub const SITE_TABLE_FULL: &str = "[heapprof: site table full]";
 const UNKNOWN_STACK: &str = "[heapprof: unknown stack]";
 /// The comment of an unsymbolized profile: why, and how to get names.
 const UNSYMBOLIZED_NOTE: &str = "heapprof: unsymbolized (the process had too little memory \
-     left to name addresses in process); name it with `heapprof pprof-heap --symbolize \
-     FILE --binary PATH` or `go tool pprof PATH FILE`";
+     left to name addresses in process); name it with `heapprof pprof-heap FILE -o NAMED`, \
+     which finds the binary by build ID (or `--binary PATH`)";
 
 /// Gzipped, encoded profile. `resolved` names the snapshot's addresses;
 /// empty, the profile is unsymbolized.

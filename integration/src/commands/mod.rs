@@ -19,7 +19,12 @@ use crate::cli::Command;
 pub fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Ps { json } => ps::run(json)?,
-        Command::PprofHeap { target, output } => pprof_heap::run(&target, output)?,
+        Command::PprofHeap {
+            target,
+            output,
+            binary,
+            debug_dir,
+        } => pprof_heap::run(&target, output, &binary, &debug_dir)?,
         Command::Top {
             source,
             count,

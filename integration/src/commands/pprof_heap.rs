@@ -1,14 +1,33 @@
-//! `heapprof pprof-heap`: fetch a heap profile, and open it in
-//! `go tool pprof` when Go is installed.
+//! `heapprof pprof-heap`: fetch a heap profile (or read one), name it if
+//! the process served it unsymbolized, and open it in `go tool pprof` when
+//! Go is installed.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use pprof::protos::Message;
 
-use crate::fetch::Source;
+use crate::fetch::{self, Source};
+use crate::{name_profile, profile};
 
-pub(super) fn run(target: &str, output: Option<PathBuf>) -> Result<()> {
-    let body = Source::parse(target).heap_profile("")?;
+pub(super) fn run(
+    target: &str,
+    output: Option<PathBuf>,
+    binaries: &[PathBuf],
+    debug_dirs: &[PathBuf],
+) -> Result<()> {
+    let mut body = Source::parse(target).heap_profile("")?;
+    let mut p = profile::read_proto(&body, fetch::settings().max_bytes)
+        .with_context(|| format!("reading {target}"))?;
+    if name_profile::is_unsymbolized(&p) {
+        let used = name_profile::name(&mut p, binaries, debug_dirs)?;
+        eprintln!(
+            "heapprof: the profile was unsymbolized; named it from {}",
+            used.join(", ")
+        );
+        body = gzip(&p.encode_to_vec())?;
+    }
     if let Some(path) = output {
         std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {} bytes to {}", body.len(), path.display());
@@ -20,9 +39,20 @@ pub(super) fn run(target: &str, output: Option<PathBuf>) -> Result<()> {
         std::process::id()
     ));
     std::fs::write(&path, &body).with_context(|| format!("writing {}", path.display()))?;
+    open_in_go(&path);
+    Ok(())
+}
+
+fn gzip(raw: &[u8]) -> Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(raw)?;
+    Ok(gz.finish()?)
+}
+
+fn open_in_go(path: &Path) {
     let go = std::process::Command::new("go")
         .args(["tool", "pprof"])
-        .arg(&path)
+        .arg(path)
         .status();
     match go {
         Ok(status) if status.success() => {}
@@ -35,5 +65,4 @@ pub(super) fn run(target: &str, output: Option<PathBuf>) -> Result<()> {
             path.display()
         ),
     }
-    Ok(())
 }

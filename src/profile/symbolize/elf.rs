@@ -151,7 +151,8 @@ impl Image {
             .map(|b| {
                 b.map(|((start, ..), name)| Symbol {
                     start,
-                    name: super::demangle(name),
+                    // `.dynsym` names may carry a version: `memcpy@@GLIBC_2.14`.
+                    name: super::demangle(name.split('@').next().unwrap_or(name)),
                 })
             })
             .collect()

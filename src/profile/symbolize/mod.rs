@@ -178,48 +178,7 @@ fn resolve_batch(ips: &[usize]) -> Vec<Resolved> {
                 .map_or(0, |rel| (map.start + rel) as usize)
         };
         let vaddrs: Vec<u64> = order.iter().map(|o| o.0).collect();
-        // Names come from the file itself, else from its separate debug
-        // file (same link-time addresses), for DWARF and symbol tables.
-        let debug = dwarf::Dwarf::of(&obj)
-            .is_none()
-            .then(|| elf::Image::debug_file(&obj))
-            .flatten();
-        let debug_obj = debug.as_ref().map(elf::Image::object);
-        let names = debug_obj.as_ref().unwrap_or(&obj);
-        let mut levels = dwarf::Dwarf::of(names)
-            .map(|d| d.resolve(&vaddrs))
-            .unwrap_or_else(|| vec![Vec::new(); vaddrs.len()]);
-        // Symbols for what DWARF does not name (no debug info, assembly,
-        // libraries with symbol tables only).
-        let unnamed: Vec<usize> = (0..vaddrs.len())
-            .filter(|&k| levels[k].last().is_none_or(|l| l.function.is_none()))
-            .collect();
-        if !unnamed.is_empty() {
-            let probes: Vec<u64> = unnamed.iter().map(|&k| vaddrs[k]).collect();
-            let mut symbols = elf::Image::symbols_at(names, &probes);
-            if debug_obj.is_some() {
-                let exported = elf::Image::symbols_at(&obj, &probes);
-                for (s, e) in symbols.iter_mut().zip(exported) {
-                    if s.is_none() {
-                        *s = e;
-                    }
-                }
-            }
-            for (&k, sym) in unnamed.iter().zip(symbols) {
-                let Some(sym) = sym else { continue };
-                match levels[k].last_mut() {
-                    Some(outer) => {
-                        outer.function = Some(sym.name);
-                        outer.entry = sym.start;
-                    }
-                    None => levels[k].push(dwarf::Level {
-                        function: Some(sym.name),
-                        entry: sym.start,
-                        ..dwarf::Level::default()
-                    }),
-                }
-            }
-        }
+        let levels = named_levels(&obj, &vaddrs);
         for ((_, i), levels) in order.into_iter().zip(levels) {
             let frames: Vec<Frame> = levels
                 .into_iter()
@@ -255,6 +214,96 @@ pub fn function_names(addresses: &[usize]) -> Vec<Option<String>> {
             })
             .collect()
     })
+}
+
+/// Names for call instructions at `offsets` in the ELF file at `path`
+/// (file offsets, as a profile's mapping gives them: address - start +
+/// file offset), innermost frame first, with the same resolver as profiles
+/// taken in process; `None` if the file cannot be read. `symbol_address`
+/// of each frame is a file offset too. For naming unsymbolized profiles
+/// outside the process (`heapprof pprof-heap`).
+pub fn name_file_offsets(path: &str, offsets: &[u64]) -> Option<Vec<Vec<Frame>>> {
+    let image = elf::Image::open(path)?;
+    let obj = image.object();
+    let mut order: Vec<(u64, usize)> = offsets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &off)| Some((elf::Image::vaddr_of_offset(&obj, off)?, i)))
+        .collect();
+    order.sort_unstable();
+    let vaddrs: Vec<u64> = order.iter().map(|o| o.0).collect();
+    let levels = named_levels(&obj, &vaddrs);
+    let mut out = vec![Vec::new(); offsets.len()];
+    for ((vaddr, i), levels) in order.into_iter().zip(levels) {
+        out[i] = levels
+            .into_iter()
+            .map(|l| Frame {
+                function: l.function.unwrap_or_else(|| format!("{vaddr:#x}")),
+                system_name: l.system_name,
+                file: l.file,
+                line: l.line,
+                symbol_address: elf::Image::offset_of_vaddr(&obj, l.entry).unwrap_or(0) as usize,
+            })
+            .collect();
+    }
+    Some(out)
+}
+
+/// The levels of each of `vaddrs` (sorted link-time addresses) of `obj`:
+/// names come from the file itself, else from its separate debug file
+/// (same link-time addresses), for DWARF and symbol tables.
+fn named_levels(obj: &object::File<'_>, vaddrs: &[u64]) -> Vec<Vec<dwarf::Level>> {
+    let debug = dwarf::Dwarf::of(obj)
+        .is_none()
+        .then(|| elf::Image::debug_file(obj))
+        .flatten();
+    let debug_obj = debug.as_ref().map(elf::Image::object);
+    let names = debug_obj.as_ref().unwrap_or(obj);
+    levels_of(obj, names, debug_obj.is_some(), vaddrs)
+}
+
+/// [`named_levels`] from DWARF in `names` (the file itself or its debug
+/// file) and the symbol tables for what DWARF does not name.
+fn levels_of(
+    obj: &object::File<'_>,
+    names: &object::File<'_>,
+    separate_debug: bool,
+    vaddrs: &[u64],
+) -> Vec<Vec<dwarf::Level>> {
+    let mut levels = dwarf::Dwarf::of(names)
+        .map(|d| d.resolve(vaddrs))
+        .unwrap_or_else(|| vec![Vec::new(); vaddrs.len()]);
+    let unnamed: Vec<usize> = (0..vaddrs.len())
+        .filter(|&k| levels[k].last().is_none_or(|l| l.function.is_none()))
+        .collect();
+    if unnamed.is_empty() {
+        return levels;
+    }
+    let probes: Vec<u64> = unnamed.iter().map(|&k| vaddrs[k]).collect();
+    let mut symbols = elf::Image::symbols_at(names, &probes);
+    if separate_debug {
+        let exported = elf::Image::symbols_at(obj, &probes);
+        for (s, e) in symbols.iter_mut().zip(exported) {
+            if s.is_none() {
+                *s = e;
+            }
+        }
+    }
+    for (&k, sym) in unnamed.iter().zip(symbols) {
+        let Some(sym) = sym else { continue };
+        match levels[k].last_mut() {
+            Some(outer) => {
+                outer.function = Some(sym.name);
+                outer.entry = sym.start;
+            }
+            None => levels[k].push(dwarf::Level {
+                function: Some(sym.name),
+                entry: sym.start,
+                ..dwarf::Level::default()
+            }),
+        }
+    }
+    levels
 }
 
 /// A demangled Rust (legacy or v0) symbol without its hash; other names
@@ -330,10 +379,9 @@ pub(crate) fn untrimmed(stack: &[usize]) -> Vec<Kept> {
 /// `stack` (innermost first). If nothing but plumbing is left, only the
 /// profiler's own frames are removed.
 pub(crate) fn trim(stack: &[usize], resolved: &HashMap<usize, Resolved>) -> Vec<Kept> {
-    let start = first_frame_where(stack, resolved, |f| !is_plumbing_frame(f))
-        .or_else(|| first_frame_where(stack, resolved, |f| !is_own_frame(f)))
-        .unwrap_or((stack.len(), 0));
-    let (first, skip) = start;
+    let (first, skip) = trim_point(stack.len(), |i| {
+        resolved.get(&stack[i]).map(|r| &r[..]).unwrap_or(&[])
+    });
     stack[first.min(stack.len())..]
         .iter()
         .enumerate()
@@ -344,19 +392,31 @@ pub(crate) fn trim(stack: &[usize], resolved: &HashMap<usize, Resolved>) -> Vec<
         .collect()
 }
 
+/// Where a stack of `depth` physical frames starts once the profiler's
+/// frames and the allocation plumbing are trimmed from its top: the index
+/// of the first physical frame kept and how many of its innermost inlined
+/// frames go. `frames(i)` names physical frame `i` (innermost first); an
+/// unnamed frame is kept. If nothing but plumbing is left, only the
+/// profiler's own frames go.
+pub fn trim_point<'a>(depth: usize, frames: impl Fn(usize) -> &'a [Frame]) -> (usize, usize) {
+    first_frame_where(depth, &frames, |f| !is_plumbing_frame(f))
+        .or_else(|| first_frame_where(depth, &frames, |f| !is_own_frame(f)))
+        .unwrap_or((depth, 0))
+}
+
 /// Position (physical index, inlined index) of the first frame satisfying
 /// `keep`; unresolved addresses count as kept.
-fn first_frame_where(
-    stack: &[usize],
-    resolved: &HashMap<usize, Resolved>,
+fn first_frame_where<'a>(
+    depth: usize,
+    frames: &impl Fn(usize) -> &'a [Frame],
     keep: impl Fn(&Frame) -> bool,
 ) -> Option<(usize, usize)> {
-    for (i, ip) in stack.iter().enumerate() {
-        let frames = resolved.get(ip).map(|r| &r[..]).unwrap_or(&[]);
-        if frames.is_empty() {
+    for i in 0..depth {
+        let levels = frames(i);
+        if levels.is_empty() {
             return Some((i, 0));
         }
-        if let Some(j) = frames.iter().position(&keep) {
+        if let Some(j) = levels.iter().position(&keep) {
             return Some((i, j));
         }
     }
