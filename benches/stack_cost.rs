@@ -54,9 +54,9 @@ fn main() {
     }
     println!("\nns per captured stack:\n");
     println!(
-        "| build | unwinder | frames | first ns | warm p50 | warm p99 | cold p50 | cold p99 |"
+        "| build | unwinder | frames | first | warm p50 | warm p99 | L1/L2 evicted p50 | p99 | all evicted p50 | p99 |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut seen: Vec<(String, String)> = Vec::new();
     for (build, fields) in &rows {
         let key = (build.clone(), fields["method"].clone());

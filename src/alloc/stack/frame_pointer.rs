@@ -5,8 +5,8 @@
 //! pushing the caller's frame pointer and pointing the frame-pointer
 //! register at it, so every frame holds `[previous frame pointer, return
 //! address]` and the frames form a linked list up the stack. Walking it is
-//! two loads per frame, about 0.1 us for a whole stack, against about
-//! 2.5 us for DWARF unwinding (`stack`).
+//! two loads per frame, about 70 ns for 30 frames (`stack` compares the
+//! unwinders).
 //!
 //! The chain is only as good as the code on the stack: a function built
 //! without frame pointers is skipped (if it leaves the register alone) or

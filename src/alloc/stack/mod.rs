@@ -1,20 +1,20 @@
 //! Capturing the call stack of a sampled allocation, and choosing how.
 //!
-//! Three unwinders (costs for a stack of about 30 frames, BENCHMARKS.md,
-//! "Cost of one sampled stack"):
-//! - frame pointers (`frame_pointer`): two loads a frame, right only if
-//!   the code on the stack keeps frame pointers;
-//! - the unwind table (`table`, `table_walk`): `.eh_frame` compiled ahead
-//!   of time into one rule per code range, looked up per frame (through a
-//!   shared `rule_cache`), right for any code with unwind tables. Tables
+//! Three unwinders (warm p50 for a 32-frame stack, BENCHMARKS.md, "Cost
+//! of one sampled stack"):
+//! - frame pointers (`frame_pointer`), about 70 ns: two loads a frame,
+//!   right only if the code on the stack keeps frame pointers;
+//! - the unwind table (`table`, `table_walk`), about 220 ns: `.eh_frame`
+//!   compiled ahead of time into one rule per code range, looked up per
+//!   frame (through a shared `rule_cache`), right for any code with unwind
+//!   tables. Tables
 //!   are built on a thread of heapprof's own (`builder`) from the loaded
 //!   modules (`modules`); a stack it cannot walk (no table yet, a library
 //!   loaded since, a signal alternate stack, a rare inexpressible row) is
 //!   captured by libgcc instead;
-//! - libgcc (`dwarf`): the `backtrace` crate's unsynchronized tracer over
-//!   libgcc's `_Unwind_Backtrace`, which interprets `.eh_frame` at every
-//!   frame: the reference the other two are checked against, and several
-//!   times slower. The synchronized `backtrace::trace` takes a global lock,
+//! - libgcc (`dwarf`), about 5 us: the `backtrace` crate's unsynchronized
+//!   tracer over libgcc's `_Unwind_Backtrace`, which interprets `.eh_frame`
+//!   at every frame: the reference the other two are checked against. The synchronized `backtrace::trace` takes a global lock,
 //!   which an allocator must not.
 //!
 //! `HEAPPROF_UNWIND` picks the policy: `fp`, `table` or `dwarf` use that

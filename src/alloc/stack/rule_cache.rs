@@ -24,8 +24,8 @@
 //! set.
 //!
 //! Two hot addresses that share a slot evict each other; a miss costs a
-//! table lookup, a few nanoseconds (BENCHMARKS.md, "Cost of one sampled
-//! stack").
+//! table lookup, about 5 ns a frame when warm (BENCHMARKS.md, "Cost of one
+//! sampled stack").
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
