@@ -43,6 +43,8 @@
 //! A child inherits the published tables but not the thread. The `fork`
 //! child handler marks the thread as not started, so the child's first
 //! rescan request starts its own, which keeps the inherited module tables.
+//! A parent's builder caught inside `dl_iterate_phdr` at the fork leaves
+//! no lock behind: glibc reinitialises the loader's list lock in the child.
 
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
