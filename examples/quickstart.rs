@@ -23,7 +23,8 @@
 //! On stdout it prints one `truth` line with the exact bytes each function
 //! allocated and jemalloc's `stats.allocated` around the retaining phase, so
 //! tests can hold the profile against the truth, and whether stacks were
-//! captured by walking frame pointers (`frame_pointers=1`).
+//! captured by walking frame pointers (`frame_pointers=1`); then the
+//! unwinder in use and how many samples its unwind table handed to libgcc.
 
 use std::hint::black_box;
 use std::io::Write;
@@ -173,6 +174,12 @@ fn main() {
          jemalloc_retained={retained} rate={} frame_pointers={}",
         heapprof::sample_rate(),
         u8::from(heapprof::unwinder() == heapprof::Unwinder::FramePointers)
+    );
+    let stats = heapprof::stats();
+    println!(
+        "unwinder {} table_fallbacks={}",
+        stats.unwinder.as_str(),
+        stats.unwind_table_fallbacks
     );
 
     let snap = heapprof::snapshot();

@@ -80,6 +80,8 @@ pub mod wire;
 pub use alloc::Profiler;
 pub use alloc::config::{DEFAULT_SAMPLE_RATE, sample_rate, set_sample_rate};
 pub use alloc::peak::{peak_inuse_bytes, reset_peak};
+#[doc(hidden)]
+pub use alloc::stack::hooks as stack_hooks;
 pub use alloc::stack::{Unwinder, unwinder};
 pub use cpu::{CpuProfileError, cpu_profile};
 pub use history::{HistoryGuard, LeakSuspect, history_interval, leak_suspects, start_history};

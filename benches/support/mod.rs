@@ -143,6 +143,20 @@ pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
     }
 }
 
+/// Builds one program of the plain configurations, without frame pointers
+/// (into the plain build's directory) or with them (the `-fp` one), and
+/// returns its path.
+pub fn build_program(bin: &str, frame_pointers: bool) -> Result<PathBuf, String> {
+    let base = root().join("target/bench-programs");
+    let (dir, rustflags) = if frame_pointers {
+        (base.join("fp"), FRAME_POINTERS)
+    } else {
+        (base.join("plain"), NO_FRAME_POINTERS)
+    };
+    build(&dir, &["--bin", bin], rustflags)?;
+    Ok(dir.join("release").join(bin))
+}
+
 /// A command for one program with a clean profiler environment: every
 /// variable any of the profilers reads is removed, then `env` is applied.
 pub fn program(path: &Path, env: &[(&str, &str)]) -> Command {

@@ -59,13 +59,23 @@ pub fn render() -> String {
     );
     out.gauge(
         "heapprof_own_memory_bytes",
-        "Memory the profiler itself holds: site table, stacks and live-sample table.",
+        "Memory the profiler itself holds: site table, stacks, unwind tables and live-sample table.",
         stats.own_memory_bytes,
     );
     out.gauge(
         "heapprof_frame_pointer_unwinding",
-        "1 when sampled stacks are captured by walking frame pointers, 0 for DWARF unwinding or while HEAPPROF_UNWIND=auto is still checking.",
+        "1 when sampled stacks are captured by walking frame pointers, 0 for the unwind table, libgcc's DWARF unwinder, or while HEAPPROF_UNWIND=auto is still checking.",
         u8::from(stats.unwinder == heapprof::Unwinder::FramePointers),
+    );
+    out.gauge(
+        "heapprof_unwind_table_unwinding",
+        "1 when sampled stacks are captured with heapprof's unwind table (built from .eh_frame), 0 otherwise.",
+        u8::from(stats.unwinder == heapprof::Unwinder::Table),
+    );
+    out.counter(
+        "heapprof_unwind_table_fallbacks_total",
+        "Samples the unwind table handed to libgcc's unwinder (tables not built yet, code loaded since, signal alternate stacks, inexpressible rows).",
+        stats.unwind_table_fallbacks,
     );
     out.gauge(
         "heapprof_sites",

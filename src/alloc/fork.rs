@@ -5,7 +5,8 @@
 //! `pthread_atfork` handlers registered here take every lock the allocator
 //! path uses before `fork` and release them afterwards in both processes,
 //! so the child inherits them unlocked and its allocator and profiler keep
-//! working.
+//! working. The child also learns that the unwind-table builder thread
+//! did not come along (`stack::after_fork_in_child`).
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
@@ -20,7 +21,7 @@ pub(crate) fn register_handlers() {
     // locks; pthread_atfork copies the pointers. A failure (ENOMEM) leaves
     // fork as it was without the handlers, which we can only accept.
     unsafe {
-        libc::pthread_atfork(Some(prepare), Some(release), Some(release));
+        libc::pthread_atfork(Some(prepare), Some(release), Some(release_in_child));
     }
 }
 
@@ -30,10 +31,17 @@ extern "C" fn prepare() {
     super::peak::fork_prepare();
 }
 
-/// After `fork`, in parent and child: release them, in reverse order.
+/// After `fork`, in the parent: release them, in reverse order.
 extern "C" fn release() {
     super::peak::fork_release();
     super::site_table::fork_release();
+}
+
+/// After `fork`, in the child: release the locks; the child has no
+/// threads but this one.
+extern "C" fn release_in_child() {
+    release();
+    super::stack::after_fork_in_child();
 }
 
 /// Registers, once per `registered` flag, `reset` to run in the child

@@ -35,3 +35,22 @@ pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
 pub(crate) fn mapped_bytes() -> usize {
     MAPPED.load(Ordering::Relaxed)
 }
+
+/// Copies `items` into a mapping of their own that is never freed, for
+/// data read without locks for the rest of the process (unwind tables).
+/// Returns the copy and the bytes mapped; `None` if the kernel refuses.
+pub(crate) fn leak_copy<T: Copy>(items: &[T]) -> Option<(&'static [T], usize)> {
+    if items.is_empty() {
+        return Some((&[], 0));
+    }
+    const { assert!(core::mem::align_of::<T>() <= 4096) };
+    let bytes = core::mem::size_of_val(items);
+    let p = map_zeroed(bytes)?.cast::<T>();
+    // SAFETY: the mapping is fresh, page-aligned (so aligned for T), at
+    // least `bytes` long and never unmapped; T is Copy, so a bitwise copy
+    // is a valid value and nothing needs dropping.
+    unsafe {
+        ptr::copy_nonoverlapping(items.as_ptr(), p, items.len());
+        Some((core::slice::from_raw_parts(p, items.len()), bytes))
+    }
+}

@@ -25,8 +25,8 @@ pub struct Stats {
     /// estimates low when non-zero).
     pub dropped_samples: u64,
     /// Memory the profiler holds, in bytes: site table and stacks (mapped),
-    /// the live-sample table (reserved; resident as it fills) and the
-    /// symbol cache (heap, not sampled).
+    /// unwind tables (mapped), the live-sample table (reserved; resident as
+    /// it fills) and the symbol cache (heap, not sampled).
     pub own_memory_bytes: u64,
     /// Addresses in the symbol cache.
     pub symbol_cache_entries: usize,
@@ -42,6 +42,13 @@ pub struct Stats {
     /// How sampled stacks are captured (`HEAPPROF_UNWIND`, see
     /// [`unwinder`](crate::unwinder)).
     pub unwinder: crate::alloc::stack::Unwinder,
+    /// Bytes mapped for the unwind tables of the table unwinder (part of
+    /// `own_memory_bytes`; 0 unless it was used).
+    pub unwind_table_bytes: u64,
+    /// Samples the table unwinder handed to libgcc: taken before its
+    /// tables were built, in code loaded since, on a signal alternate
+    /// stack, or through one of the rare rows it cannot express.
+    pub unwind_table_fallbacks: u64,
 }
 
 /// The profiler's current [`Stats`].
@@ -64,5 +71,7 @@ pub fn stats() -> Stats {
         estimated_inuse_bytes: site_table::inuse_bytes(),
         peak_inuse_bytes: crate::alloc::peak::peak_inuse_bytes(),
         unwinder: crate::alloc::stack::unwinder(),
+        unwind_table_bytes: crate::alloc::stack::table_bytes() as u64,
+        unwind_table_fallbacks: crate::alloc::stack::table_fallbacks(),
     }
 }

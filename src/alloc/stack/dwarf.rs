@@ -1,12 +1,13 @@
 //! DWARF unwinding: libgcc's `_Unwind_Backtrace` over `.eh_frame`, through
 //! the `backtrace` crate's unsynchronized tracer. Right for any code with
-//! unwind tables; slower than walking frame pointers (`frame_pointer`).
+//! unwind tables, and the reference the faster unwinders (`frame_pointer`,
+//! `table_walk`) are checked against.
 
-use crate::alloc::site_table::MAX_DEPTH;
-
-/// DWARF unwinding with `backtrace`'s unsynchronized tracer.
+/// Writes the return addresses of the current stack, innermost first,
+/// into `buf` (the first frames are inside libgcc and this function) and
+/// returns how many, at most `buf.len()`.
 #[inline(never)]
-pub(super) fn capture_dwarf(buf: &mut [usize; MAX_DEPTH]) -> usize {
+pub(super) fn capture_dwarf(buf: &mut [usize]) -> usize {
     let mut n = 0;
     // SAFETY: trace_unsynchronized is unsafe only because it does not
     // serialise with other unsynchronized backtrace calls; on Linux it walks

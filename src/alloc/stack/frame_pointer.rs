@@ -5,8 +5,8 @@
 //! pushing the caller's frame pointer and pointing the frame-pointer
 //! register at it, so every frame holds `[previous frame pointer, return
 //! address]` and the frames form a linked list up the stack. Walking it is
-//! two loads per frame, about 0.1 us for a whole stack, against about
-//! 2.5 us for DWARF unwinding (`stack`).
+//! two loads per frame, about 70 ns for 30 frames (`stack` compares the
+//! unwinders).
 //!
 //! The chain is only as good as the code on the stack: a function built
 //! without frame pointers is skipped (if it leaves the register alone) or
@@ -16,25 +16,7 @@
 //! the chain is also *right* is for `stack` to decide, by comparing it
 //! with the DWARF unwinder's answer.
 
-use core::cell::Cell;
-
-/// This thread's stack as `[low, high)` in bytes of address space:
-/// `(0, 0)` until looked up, `(0, 1)` if it could not be.
-struct Bounds {
-    low: Cell<usize>,
-    high: Cell<usize>,
-}
-
-thread_local! {
-    // Const-initialised, no destructor: safe to touch from the allocator,
-    // even while the thread is exiting.
-    static BOUNDS: Bounds = const {
-        Bounds {
-            low: Cell::new(0),
-            high: Cell::new(0),
-        }
-    };
-}
+use super::bounds::stack_bounds;
 
 /// Writes the return addresses on the frame-pointer chain, innermost
 /// first, starting with the return into this function's caller, into
@@ -116,42 +98,6 @@ fn frame_pointer() -> Option<usize> {
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         None
-    }
-}
-
-/// This thread's stack bounds, looked up once per thread.
-fn stack_bounds() -> Option<(usize, usize)> {
-    BOUNDS
-        .try_with(|b| {
-            if b.high.get() == 0 {
-                let (low, high) = lookup_bounds().unwrap_or((0, 1));
-                b.low.set(low);
-                b.high.set(high);
-            }
-            (b.low.get(), b.high.get())
-        })
-        .ok()
-        .filter(|&(_, high)| high > 1)
-}
-
-#[cold]
-fn lookup_bounds() -> Option<(usize, usize)> {
-    let mut attr = core::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
-    // SAFETY: pthread_getattr_np initialises `attr` for the calling thread
-    // when it returns 0; only then is it read and destroyed.
-    unsafe {
-        if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
-            return None;
-        }
-        let mut addr: *mut libc::c_void = core::ptr::null_mut();
-        let mut size: libc::size_t = 0;
-        let got = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size);
-        libc::pthread_attr_destroy(attr.as_mut_ptr());
-        if got != 0 || addr.is_null() || size == 0 {
-            return None;
-        }
-        let low = addr as usize;
-        Some((low, low.checked_add(size)?))
     }
 }
 

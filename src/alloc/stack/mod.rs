@@ -1,81 +1,117 @@
 //! Capturing the call stack of a sampled allocation, and choosing how.
 //!
-//! Two unwinders:
-//! - frame pointers (`frame_pointer`): about 0.1 us a stack, right only if
-//!   the code on the stack keeps frame pointers;
-//! - DWARF: the `backtrace` crate's unsynchronized tracer (libgcc's
-//!   `_Unwind_Backtrace` over `.eh_frame`), right for any code with unwind
-//!   tables, about 2.5 us a stack. The synchronized `backtrace::trace`
-//!   takes a global lock, which an allocator must not.
+//! Three unwinders (warm p50 for a 32-frame stack, BENCHMARKS.md, "Cost
+//! of one sampled stack"):
+//! - frame pointers (`frame_pointer`), about 70 ns: two loads a frame,
+//!   right only if the code on the stack keeps frame pointers;
+//! - the unwind table (`table`, `table_walk`), about 220 ns: `.eh_frame`
+//!   compiled ahead of time into one rule per code range, looked up per
+//!   frame (through a shared `rule_cache`), right for any code with unwind
+//!   tables. Tables
+//!   are built on a thread of heapprof's own (`builder`) from the loaded
+//!   modules (`modules`); a stack it cannot walk (no table yet, a library
+//!   loaded since, a signal alternate stack, a rare inexpressible row) is
+//!   captured by libgcc instead;
+//! - libgcc (`dwarf`), about 5 us: the `backtrace` crate's unsynchronized
+//!   tracer over libgcc's `_Unwind_Backtrace`, which interprets `.eh_frame`
+//!   at every frame: the reference the other two are checked against. The synchronized `backtrace::trace` takes a global lock,
+//!   which an allocator must not.
 //!
-//! `HEAPPROF_UNWIND` picks one: `dwarf`, `fp` (trusted without checks), or
-//! `auto` (the default), which checks before it trusts: the first
-//! [`AUTO_CHECKS`] samples are captured both ways and compared, frame
-//! pointers are used from then on if every comparison agreed, and one
-//! sample in [`SPOT_CHECK_EVERY`] is compared again; a disagreement
-//! switches to DWARF for the rest of the process. A binary built without
-//! frame pointers therefore costs [`AUTO_CHECKS`] extra walks and then runs
-//! on DWARF; one built with them runs on frame pointers, and a code path
-//! that breaks the chain (a C library built without them, say) is caught
-//! by a spot check.
+//! `HEAPPROF_UNWIND` picks the policy: `fp`, `table` or `dwarf` use that
+//! unwinder without checks; `auto` (the default) trusts a faster one only
+//! after it matched libgcc. The state machine, on one atomic:
+//!
+//! | state | capture with | after [`AUTO_CHECKS`] agreements | at a disagreement |
+//! | --- | --- | --- | --- |
+//! | `FP_CHECKING` (start of `auto`) | both frame pointers and libgcc | `FP_CHECKED` | `TABLE_CHECKING` |
+//! | `FP_CHECKED` | frame pointers; both, one in [`SPOT_CHECK_EVERY`] | | `TABLE_CHECKING` |
+//! | `TABLE_CHECKING` | both table and libgcc | `TABLE_CHECKED` | `DWARF` |
+//! | `TABLE_CHECKED` | table; both, one in [`SPOT_CHECK_EVERY`] | | `DWARF` |
+//! | `FP_FORCED`, `TABLE_FORCED`, `DWARF` | that unwinder | | |
+//!
+//! While checking, the sample keeps libgcc's stack. A walk that cannot
+//! answer (frame pointers off the thread's stack, a table fallback)
+//! decides nothing. A binary built with frame pointers thus runs on them
+//! after [`AUTO_CHECKS`] double captures; one built without them fails the
+//! first check and moves to the table, checked the same way; where the
+//! table has no stack-walking support (not x86_64), to libgcc.
 //!
 //! The capture functions are never inlined, so the profiler's own frames at
 //! the top of every stack are the same each time and symbolization trims
 //! them by name (`symbolize::is_plumbing`). Unwinding allocates nothing in
-//! the common case; if libgcc ever does, the reentrancy guard the caller
-//! holds sends that allocation to the inner allocator unsampled.
+//! the common case; if libgcc ever does, or a thread's first capture looks
+//! its stack bounds up, the reentrancy guard the caller holds sends that
+//! allocation to the inner allocator unsampled.
 
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
+mod bounds;
+mod builder;
 mod dwarf;
 mod frame_pointer;
+#[doc(hidden)]
+pub mod hooks;
+mod modules;
+mod rule_cache;
+mod table;
+mod table_walk;
 
 use super::site_table::MAX_DEPTH;
+pub(crate) use builder::after_fork_in_child;
 use dwarf::capture_dwarf;
 
-/// Samples captured both ways before `auto` trusts frame pointers.
+/// Samples captured both ways before `auto` trusts a faster unwinder.
 pub const AUTO_CHECKS: u32 = 16;
-/// Under `auto` with frame pointers trusted, one sample in this many is
+/// Under `auto` with a faster unwinder trusted, one sample in this many is
 /// captured both ways again.
 pub const SPOT_CHECK_EVERY: u32 = 1024;
 /// Outermost frames the frame-pointer chain may lose or garble and still
-/// agree with DWARF: the C library's thread and process entry points
+/// agree with libgcc: the C library's thread and process entry points
 /// (`start_thread`/`clone3`, `__libc_start_call_main`/`__libc_start_main`/
-/// `_start`), built without frame pointers.
+/// `_start`), built without frame pointers. The table has no such slack.
 const OUTER_SLACK: usize = 3;
 
 /// How sampled stacks are being captured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Unwinder {
-    /// `auto` is still comparing the two unwinders (or nothing has been
-    /// sampled yet).
+    /// `auto` is still comparing a faster unwinder with libgcc (or nothing
+    /// has been sampled yet).
     #[default]
     Checking,
     /// Frame-pointer walking (`HEAPPROF_UNWIND=fp`, or `auto` after the
     /// comparisons agreed).
     FramePointers,
-    /// DWARF unwinding (`HEAPPROF_UNWIND=dwarf`, or `auto` after a
+    /// heapprof's unwind table, built from `.eh_frame`
+    /// (`HEAPPROF_UNWIND=table`, or `auto` without frame pointers after
+    /// the comparisons agreed). Stacks it cannot walk are captured by
+    /// libgcc; [`Stats::unwind_table_fallbacks`](crate::Stats) counts them.
+    Table,
+    /// libgcc's DWARF unwinder (`HEAPPROF_UNWIND=dwarf`, or `auto` after a
     /// comparison disagreed).
     Dwarf,
 }
 
 impl Unwinder {
-    /// `checking`, `frame-pointers` or `dwarf`.
+    /// `checking`, `frame-pointers`, `table` or `dwarf`.
     pub fn as_str(self) -> &'static str {
         match self {
             Unwinder::Checking => "checking",
             Unwinder::FramePointers => "frame-pointers",
+            Unwinder::Table => "table",
             Unwinder::Dwarf => "dwarf",
         }
     }
 }
 
 const UNSET: u8 = 0;
-const CHECKING: u8 = 1;
+const FP_CHECKING: u8 = 1;
 const FP_CHECKED: u8 = 2;
 const FP_FORCED: u8 = 3;
-const DWARF: u8 = 4;
+const TABLE_CHECKING: u8 = 4;
+const TABLE_CHECKED: u8 = 5;
+const TABLE_FORCED: u8 = 6;
+const DWARF: u8 = 7;
 
 static MODE: AtomicU8 = AtomicU8::new(UNSET);
 /// Samples captured under `auto`: agreements while checking, then a
@@ -85,10 +121,21 @@ static AUTO_SAMPLES: AtomicU32 = AtomicU32::new(0);
 /// The unwinder in use.
 pub fn unwinder() -> Unwinder {
     match MODE.load(Ordering::Relaxed) {
-        UNSET | CHECKING => Unwinder::Checking,
+        UNSET | FP_CHECKING | TABLE_CHECKING => Unwinder::Checking,
         FP_CHECKED | FP_FORCED => Unwinder::FramePointers,
+        TABLE_CHECKED | TABLE_FORCED => Unwinder::Table,
         _ => Unwinder::Dwarf,
     }
+}
+
+/// Bytes mapped for unwind tables (part of the profiler's own memory).
+pub(crate) fn table_bytes() -> usize {
+    builder::table_bytes()
+}
+
+/// Samples the table unwinder handed to libgcc.
+pub(crate) fn table_fallbacks() -> u64 {
+    builder::fallbacks()
 }
 
 fn mode() -> u8 {
@@ -97,12 +144,19 @@ fn mode() -> u8 {
         return mode;
     }
     let chosen = match super::env::env_bytes(c"HEAPPROF_UNWIND") {
-        None | Some(b"auto") => CHECKING,
+        None | Some(b"auto") => FP_CHECKING,
         Some(b"fp") => FP_FORCED,
+        Some(b"table") if table_walk::SUPPORTED => TABLE_FORCED,
+        Some(b"table") => {
+            super::env::warn(b"heapprof: HEAPPROF_UNWIND=table is x86_64 only; using dwarf\n");
+            DWARF
+        }
         Some(b"dwarf") => DWARF,
         Some(_) => {
-            super::env::warn(b"heapprof: HEAPPROF_UNWIND is auto, fp or dwarf; using auto\n");
-            CHECKING
+            super::env::warn(
+                b"heapprof: HEAPPROF_UNWIND is auto, fp, table or dwarf; using auto\n",
+            );
+            FP_CHECKING
         }
     };
     match MODE.compare_exchange(UNSET, chosen, Ordering::Relaxed, Ordering::Relaxed) {
@@ -117,80 +171,148 @@ fn mode() -> u8 {
 pub(crate) fn capture(buf: &mut [usize; MAX_DEPTH]) -> usize {
     match mode() {
         FP_FORCED => frame_pointer::walk(buf).unwrap_or_else(|| capture_dwarf(buf)),
-        FP_CHECKED => {
-            let n = AUTO_SAMPLES.fetch_add(1, Ordering::Relaxed);
-            if !n.is_multiple_of(SPOT_CHECK_EVERY) {
-                if let Some(depth) = frame_pointer::walk(buf) {
-                    return depth;
-                }
-                return capture_dwarf(buf);
-            }
-            capture_checked(buf)
+        FP_CHECKED if !spot_check_due() => {
+            frame_pointer::walk(buf).unwrap_or_else(|| capture_dwarf(buf))
         }
-        CHECKING => capture_checked(buf),
+        FP_CHECKED | FP_CHECKING => capture_checked(buf, FP_CHECKING),
+        TABLE_FORCED => table_or_libgcc(buf),
+        TABLE_CHECKED if !spot_check_due() => table_or_libgcc(buf),
+        TABLE_CHECKED | TABLE_CHECKING => capture_checked(buf, TABLE_CHECKING),
         _ => capture_dwarf(buf),
     }
 }
 
-/// Captures with DWARF into `buf` and with frame pointers alongside, and
-/// moves `auto` on: to frame pointers after [`AUTO_CHECKS`] agreements, to
-/// DWARF at the first disagreement. A stack the frame-pointer walker cannot
-/// walk at all (a signal stack) decides nothing.
-#[inline(never)]
-fn capture_checked(buf: &mut [usize; MAX_DEPTH]) -> usize {
-    let mut walked = [0usize; MAX_DEPTH];
-    let fp = frame_pointer::walk(&mut walked);
-    let depth = capture_dwarf(buf);
-    let this = capture_checked as fn(&mut [usize; MAX_DEPTH]) -> usize as usize;
-    let returns_here = |ip: usize| enclosing_function(ip) == Some(this);
-    match fp {
-        Some(n) if agree(&walked[..n], &buf[..depth], returns_here) => {
-            let agreed = AUTO_SAMPLES.fetch_add(1, Ordering::Relaxed) + 1;
-            if agreed >= AUTO_CHECKS {
-                let _ = MODE.compare_exchange(
-                    CHECKING,
-                    FP_CHECKED,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
+/// Whether this trusted sample is one to compare with libgcc again.
+#[inline]
+fn spot_check_due() -> bool {
+    AUTO_SAMPLES
+        .fetch_add(1, Ordering::Relaxed)
+        .is_multiple_of(SPOT_CHECK_EVERY)
+}
+
+/// The table walk, or libgcc where it cannot answer. Inlined, so the
+/// table's first frame returns into the caller, as libgcc's stack passes
+/// through it.
+#[inline(always)]
+fn table_or_libgcc(buf: &mut [usize; MAX_DEPTH]) -> usize {
+    match table_walk::walk(buf) {
+        Ok(depth) => depth,
+        Err(why) => {
+            builder::note_fallback(why);
+            capture_dwarf(buf)
         }
-        Some(_) => MODE.store(DWARF, Ordering::Relaxed),
-        None => {}
+    }
+}
+
+/// Captures with libgcc into `buf` and with the unwinder `checking` is
+/// about (`FP_CHECKING` or `TABLE_CHECKING`) alongside, and moves `auto`
+/// on (the state table above).
+#[inline(never)]
+fn capture_checked(buf: &mut [usize; MAX_DEPTH], checking: u8) -> usize {
+    let mut fast = [0usize; MAX_DEPTH];
+    let walked = if checking == FP_CHECKING {
+        frame_pointer::walk(&mut fast)
+    } else {
+        table_walk::walk(&mut fast)
+            .map_err(builder::note_fallback)
+            .ok()
+    };
+    let depth = capture_dwarf(buf);
+    let this = capture_checked as fn(&mut [usize; MAX_DEPTH], u8) -> usize as usize;
+    let returns_here = |ip: usize| enclosing_function(ip) == Some(this);
+    let Some(n) = walked else {
+        if checking == TABLE_CHECKING && builder::failed() {
+            let _ = MODE.compare_exchange(checking, DWARF, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        return depth;
+    };
+    let (fast, dwarf) = (&fast[..n], &buf[..depth]);
+    let agreed = if checking == FP_CHECKING {
+        agree(fast, dwarf, returns_here)
+    } else {
+        agree_exactly(fast, dwarf, returns_here, MAX_DEPTH)
+    };
+    let (trusted, distrusted) = match checking {
+        FP_CHECKING => (FP_CHECKED, [FP_CHECKING, FP_CHECKED]),
+        _ => (TABLE_CHECKED, [TABLE_CHECKING, TABLE_CHECKED]),
+    };
+    if agreed {
+        let agreements = AUTO_SAMPLES.fetch_add(1, Ordering::Relaxed) + 1;
+        if agreements >= AUTO_CHECKS {
+            let _ = MODE.compare_exchange(checking, trusted, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        return depth;
+    }
+    let next = if checking == FP_CHECKING && table_walk::SUPPORTED {
+        TABLE_CHECKING
+    } else {
+        DWARF
+    };
+    for from in distrusted {
+        if MODE
+            .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            AUTO_SAMPLES.store(0, Ordering::Relaxed);
+        }
     }
     depth
 }
 
-/// Whether a frame-pointer stack and a DWARF stack, both taken from the
-/// same caller (`capture_checked`), name the same frames;
-/// `returns_here(ip)` says whether return address `ip` is inside that
-/// caller.
-///
-/// The two start in different functions, so they are lined up at the
-/// caller: `fp[0]` must return into it (a walk that starts anywhere else
-/// came from a frame pointer left by some other function: this code was
-/// built without them), and `fp[1]`, the return into its caller, must
-/// follow DWARF's own frame that returns into it. From there the
-/// frame-pointer stack must repeat DWARF frame for frame, except for the
-/// outermost [`OUTER_SLACK`] frames, and must not stop early.
-fn agree(fp: &[usize], dwarf: &[usize], returns_here: impl Fn(usize) -> bool) -> bool {
-    let (Some(&first), Some(&anchor)) = (fp.first(), fp.get(1)) else {
-        return false;
-    };
+/// The two stacks from `capture_checked` lined up at it: `fast[0]` must
+/// return into it (`returns_here`; a walk that starts anywhere else came
+/// from a frame pointer left by some other function: that code was built
+/// without them), and `fast[1]`, the return into its caller, must follow
+/// libgcc's own frame that returns into it. Returns both from there on.
+fn line_up<'a>(
+    fast: &'a [usize],
+    dwarf: &'a [usize],
+    returns_here: impl Fn(usize) -> bool,
+) -> Option<(&'a [usize], &'a [usize])> {
+    let (&first, &anchor) = (fast.first()?, fast.get(1)?);
     if !returns_here(first) {
-        return false;
+        return None;
     }
-    let Some(start) = dwarf
+    let start = dwarf
         .windows(2)
         .take(8)
-        .position(|w| returns_here(w[0]) && w[1] == anchor)
-        .map(|i| i + 1)
-    else {
+        .position(|w| returns_here(w[0]) && w[1] == anchor)?
+        + 1;
+    Some((&fast[1..], &dwarf[start..]))
+}
+
+/// Whether a frame-pointer stack and a libgcc stack name the same frames:
+/// lined up ([`line_up`]), the frame-pointer stack must repeat libgcc's
+/// frame for frame, except for the outermost [`OUTER_SLACK`] frames, and
+/// must not stop early.
+fn agree(fp: &[usize], dwarf: &[usize], returns_here: impl Fn(usize) -> bool) -> bool {
+    let Some((fp, dwarf)) = line_up(fp, dwarf, returns_here) else {
         return false;
     };
-    let (fp, dwarf) = (&fp[1..], &dwarf[start..]);
     let same = fp.iter().zip(dwarf).take_while(|(a, b)| a == b).count();
     same + OUTER_SLACK >= dwarf.len()
+}
+
+/// Whether a table stack and a libgcc stack are the same frames: lined up
+/// ([`line_up`]), equal to the end; one may be shorter only where its
+/// buffer (`capacity` frames) was full.
+fn agree_exactly(
+    table: &[usize],
+    dwarf: &[usize],
+    returns_here: impl Fn(usize) -> bool,
+    capacity: usize,
+) -> bool {
+    let (table_full, dwarf_full) = (table.len() == capacity, dwarf.len() == capacity);
+    let Some((table, dwarf)) = line_up(table, dwarf, returns_here) else {
+        return false;
+    };
+    let n = table.len().min(dwarf.len());
+    table[..n] == dwarf[..n]
+        && match table.len().cmp(&dwarf.len()) {
+            core::cmp::Ordering::Equal => true,
+            core::cmp::Ordering::Less => table_full,
+            core::cmp::Ordering::Greater => dwarf_full,
+        }
 }
 
 unsafe extern "C" {
@@ -210,48 +332,4 @@ pub(crate) fn enclosing_function(ip: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agreement_lines_the_stacks_up_at_the_common_caller() {
-        // 0x1x return into the caller (capture_checked), 0x9x elsewhere.
-        let here = |ip: usize| (0x10..0x20).contains(&ip);
-        let dwarf = [0x90, 0x11, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0];
-        assert!(agree(&[0x12, 0xa0, 0xb0, 0xc0, 0xd0, 0xe0], &dwarf, here));
-        // Losing the outermost frames (libc entry points) is allowed...
-        assert!(agree(&[0x12, 0xa0, 0xb0, 0xc0, 0xd0], &dwarf, here));
-        assert!(agree(&[0x12, 0xa0, 0xb0, 0xc0, 0x99, 0x98], &dwarf, here));
-        // ...skipping a frame in the middle is not, nor stopping early.
-        assert!(!agree(&[0x12, 0xa0, 0xc0, 0xd0, 0xe0], &dwarf, here));
-        assert!(!agree(&[0x12, 0xa0], &dwarf, here));
-        // No common caller: the walk started somewhere else.
-        assert!(!agree(&[0x12, 0x30, 0xb0], &dwarf, here));
-        // A walk that starts from another function's frame pointer (this
-        // code has none) may line up with DWARF further out: still no.
-        assert!(!agree(&[0xb0, 0xc0, 0xd0, 0xe0], &dwarf, here));
-        assert!(!agree(&[0x95, 0xb0, 0xc0, 0xd0, 0xe0], &dwarf, here));
-    }
-
-    #[test]
-    fn dwarf_and_frame_pointers_agree_exactly_when_frame_pointers_are_kept() {
-        // This repository builds with frame pointers (.cargo/config.toml),
-        // unless an explicit RUSTFLAGS replaces them: then `auto` must
-        // reject the walk.
-        let this = dwarf_and_frame_pointers_agree_exactly_when_frame_pointers_are_kept as fn();
-        let kept = frame_pointer::keeps_frame_pointer(this as *const u8);
-        let mut walked = [0usize; MAX_DEPTH];
-        let mut buf = [0usize; MAX_DEPTH];
-        let n = frame_pointer::walk(&mut walked).expect("walkable stack");
-        let depth = capture_dwarf(&mut buf);
-        let here = this as usize;
-        assert_eq!(
-            agree(&walked[..n], &buf[..depth], |ip| enclosing_function(ip)
-                == Some(here)),
-            kept,
-            "frame pointers kept: {kept}\nframe pointers {:x?}\nDWARF {:x?}",
-            &walked[..n],
-            &buf[..depth]
-        );
-    }
-}
+mod tests;

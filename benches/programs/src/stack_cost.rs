@@ -1,0 +1,232 @@
+//! Nanoseconds per captured stack, per unwinder, for `cargo bench --bench
+//! stack_cost` (which builds this without and with frame pointers).
+//!
+//! `stack-cost [LEVELS]` captures, at the bottom of a chain of LEVELS
+//! (default 20) calls through ten distinct functions plus `main` and the
+//! runtime's frames, one stack at a time with each unwinder: frame
+//! pointers, heapprof's unwind table (with and without its rule cache),
+//! libgcc's `_Unwind_Backtrace` (what heapprof's `dwarf` uses) and the
+//! backtrace crate's `Backtrace::new_unresolved()`. For each it prints
+//!
+//! ```text
+//! RESULT method=M state=S p50_ns=X p99_ns=Y frames=F
+//! ```
+//!
+//! `state`: `first` (the very first capture with M in this process, one
+//! sample: it pays one-time costs such as page faults on the unwinder's
+//! code and data), `warm` (captures back to back, 5000 samples),
+//! `evicted-l2` (4 MiB swept before each capture, twice the L1 and L2
+//! caches of the machines the benchmark runs on, while most of the last
+//! level stays: what a sample costs when the program did other work since
+//! the last one) and `evicted-all` (64 MiB swept, twice the last-level
+//! cache: everything, the stack included, comes from memory), 300 samples
+//! each. Times are from the TSC, calibrated against the monotonic clock.
+//!
+//! Before any capture it waits for the unwind tables and prints
+//! `TABLES build_ms=.. bytes=.. rows=.. modules=..` and one
+//! `MODULE name=.. fdes=.. rows=.. unsupported_rows=.. bytes=..` each.
+//! `stack-cost LEVELS LIBRARY` then loads LIBRARY with `dlopen`, waits for
+//! the rescan and prints `DLOPEN build_ms=..` (the time the rescan took)
+//! and the library's `MODULE` line.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use heapprof::stack_hooks::{self, Method};
+
+type Step = fn(u32, u32, &mut dyn FnMut());
+
+macro_rules! steps {
+    ($($name:ident = $salt:literal),*) => {
+        $(
+            // Distinct bodies (the salt), or rustc's function merging
+            // folds the ten into one.
+            #[inline(never)]
+            fn $name(path: u32, level: u32, bottom: &mut dyn FnMut()) {
+                if level == 0 {
+                    bottom();
+                } else {
+                    STEPS[(path % 10) as usize](path / 10 + $salt, level - 1, bottom);
+                }
+                black_box(level);
+            }
+        )*
+        static STEPS: [Step; 10] = [$($name),*];
+    };
+}
+
+steps!(
+    s0 = 0,
+    s1 = 1,
+    s2 = 2,
+    s3 = 3,
+    s4 = 4,
+    s5 = 5,
+    s6 = 6,
+    s7 = 7,
+    s8 = 8,
+    s9 = 9
+);
+
+/// The TSC, fenced so that the measured code stays between two reads.
+#[inline(always)]
+fn ticks() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: lfence and rdtsc have no memory effects.
+    unsafe {
+        core::arch::x86_64::_mm_lfence();
+        let t = core::arch::x86_64::_rdtsc();
+        core::arch::x86_64::_mm_lfence();
+        t
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+}
+
+/// TSC ticks per nanosecond.
+fn ticks_per_ns() -> f64 {
+    let (t0, c0) = (Instant::now(), ticks());
+    std::thread::sleep(Duration::from_millis(200));
+    let (c1, t1) = (ticks(), Instant::now());
+    (c1 - c0) as f64 / (t1 - t0).as_nanos() as f64
+}
+
+#[derive(Clone, Copy)]
+enum Unwinder {
+    Hook(Method),
+    NewUnresolved,
+}
+
+impl Unwinder {
+    fn name(self) -> &'static str {
+        match self {
+            Unwinder::Hook(Method::FramePointers) => "frame-pointers",
+            Unwinder::Hook(Method::Table) => "table",
+            Unwinder::Hook(Method::TableUncached) => "table-no-rule-cache",
+            Unwinder::Hook(Method::Libgcc) => "libgcc",
+            Unwinder::NewUnresolved => "backtrace-new-unresolved",
+        }
+    }
+
+    /// Captures once; returns the frames captured.
+    #[inline(never)]
+    fn capture(self, buf: &mut [usize]) -> usize {
+        match self {
+            Unwinder::Hook(m) => stack_hooks::capture(m, buf).unwrap_or(0),
+            Unwinder::NewUnresolved => black_box(backtrace::Backtrace::new_unresolved())
+                .frames()
+                .len(),
+        }
+    }
+}
+
+/// Writes to one byte per cache line of `sweep`.
+fn evict(sweep: &mut [u8]) {
+    for i in (0..sweep.len()).step_by(64) {
+        sweep[i] = sweep[i].wrapping_add(1);
+    }
+    black_box(sweep);
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn report(method: &str, state: &str, mut ns: Vec<f64>, frames: usize) {
+    ns.sort_by(f64::total_cmp);
+    println!(
+        "RESULT method={method} state={state} p50_ns={:.0} p99_ns={:.0} frames={frames}",
+        percentile(&ns, 0.5),
+        percentile(&ns, 0.99)
+    );
+}
+
+fn print_module(m: &stack_hooks::ModuleSummary) {
+    let name = if m.name.is_empty() {
+        "(executable)"
+    } else {
+        &m.name
+    };
+    println!(
+        "MODULE name={name} fdes={} rows={} unsupported_rows={} bytes={}",
+        m.fdes, m.rows, m.unsupported_rows, m.bytes
+    );
+}
+
+/// Loads `library` and reports what the rescan built for it.
+fn load(library: &str, generation: u32, build_ns: u64) {
+    let path = std::ffi::CString::new(library).expect("library path");
+    // SAFETY: loads a library without running anything from it but its
+    // initialisers; it stays loaded.
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    assert!(!handle.is_null(), "dlopen {library} failed");
+    let summary = stack_hooks::wait_for_tables(Some(generation), Duration::from_secs(120))
+        .expect("tables after dlopen");
+    println!(
+        "DLOPEN build_ms={:.2}",
+        (summary.build_ns - build_ns) as f64 / 1e6
+    );
+    let file = library.rsplit('/').next().unwrap_or(library);
+    summary
+        .modules
+        .iter()
+        .filter(|m| m.name.ends_with(file))
+        .for_each(print_module);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let levels: u32 = args.get(1).map_or(20, |l| l.parse().expect("LEVELS"));
+    let summary =
+        stack_hooks::wait_for_tables(None, Duration::from_secs(30)).expect("unwind tables");
+    println!(
+        "TABLES build_ms={:.2} bytes={} rows={} modules={}",
+        summary.build_ns as f64 / 1e6,
+        summary.mapped_bytes,
+        summary.modules.iter().map(|m| m.rows).sum::<usize>(),
+        summary.modules.len()
+    );
+    summary.modules.iter().for_each(print_module);
+    let per_ns = ticks_per_ns();
+    let mut all = vec![0u8; 64 << 20];
+    let mut l2 = vec![0u8; 4 << 20];
+    let unwinders = [
+        Unwinder::Hook(Method::FramePointers),
+        Unwinder::Hook(Method::Table),
+        Unwinder::Hook(Method::TableUncached),
+        Unwinder::Hook(Method::Libgcc),
+        Unwinder::NewUnresolved,
+    ];
+    let mut buf = vec![0usize; 256];
+    let mut bottom = || {
+        for unwinder in unwinders {
+            let timed = |buf: &mut [usize]| {
+                let t0 = ticks();
+                let frames = unwinder.capture(buf);
+                let t1 = ticks();
+                ((t1 - t0) as f64 / per_ns, frames)
+            };
+            let (first, frames) = timed(&mut buf);
+            report(unwinder.name(), "first", vec![first], frames);
+            let warm = (0..5000).map(|_| timed(&mut buf).0).collect();
+            report(unwinder.name(), "warm", warm, frames);
+            for (state, sweep) in [("evicted-l2", &mut l2), ("evicted-all", &mut all)] {
+                let evicted = (0..300)
+                    .map(|_| {
+                        evict(sweep);
+                        timed(&mut buf).0
+                    })
+                    .collect();
+                report(unwinder.name(), state, evicted, frames);
+            }
+        }
+    };
+    STEPS[0](1_234_567, levels, &mut bottom);
+    if let Some(library) = args.get(2) {
+        load(library, summary.generation, summary.build_ns);
+    }
+}

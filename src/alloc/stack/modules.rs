@@ -1,0 +1,317 @@
+//! The loaded modules (the executable, shared libraries, the vDSO) and
+//! their unwind sections, read from memory with `dl_iterate_phdr`: no file
+//! I/O, and no debug info needed, only what the loader maps.
+//!
+//! For each module with a `PT_GNU_EH_FRAME` segment (`.eh_frame_hdr`), a
+//! scan records the executable `PT_LOAD` span and copies `.eh_frame_hdr`
+//! and `.eh_frame` out of the mapped image. The copies are made inside the
+//! `dl_iterate_phdr` callback, where the loader's lock keeps the module
+//! mapped, so building a table from them later (milliseconds) neither holds
+//! that lock nor races a `dlclose`. A module already known by its
+//! [`Identity`] is not copied again.
+//!
+//! `dl_iterate_phdr` takes the loader's lock and allocates nothing, but a
+//! scan allocates its copies: it runs on the table builder's thread
+//! (`builder`), never inside an allocation.
+
+use core::ffi::{CStr, c_int, c_void};
+use core::ops::Range;
+
+use gimli::{BaseAddresses, EhFrameHdr, LittleEndian, Pointer};
+
+/// What makes two scans' modules the same for unwinding: a module with an
+/// unchanged identity keeps its table. The hash covers `.eh_frame_hdr`,
+/// which lists every function's unwind entry, so a different library
+/// loaded at the same address after a `dlclose` gets a new identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Identity {
+    /// Address of `.eh_frame_hdr` in this process.
+    pub eh_frame_hdr: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// FNV-1a of its bytes.
+    pub hash: u64,
+}
+
+/// A section copied out of a loaded module.
+pub(super) struct Section {
+    /// Where the section is mapped in this process (its AVMA): pointers
+    /// inside it are relative to this address.
+    pub address: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// A module whose unwind sections were copied.
+pub(super) struct Module {
+    /// The loader's name for it: empty for the executable.
+    pub name: String,
+    pub identity: Identity,
+    /// Addresses of its executable `PT_LOAD` segments, first to last byte.
+    pub text: Range<u64>,
+    pub eh_frame_hdr: Section,
+    pub eh_frame: Section,
+}
+
+/// One module of a scan.
+pub(super) enum Scanned {
+    /// Already known (the caller's `known` said so): nothing copied.
+    Known(Identity),
+    New(Module),
+}
+
+/// The modules loaded at the time of a scan, in the loader's order.
+pub(super) struct Scan {
+    pub modules: Vec<Scanned>,
+    /// The loader's load and unload counters at the time (see
+    /// [`loader_generation`]).
+    pub generation: u64,
+}
+
+/// Every loaded module with unwind tables; `known` decides which need no
+/// copy.
+pub(super) fn scan(known: &dyn Fn(&Identity) -> bool) -> Scan {
+    let mut state = ScanState {
+        known,
+        scan: Scan {
+            modules: Vec::new(),
+            generation: 0,
+        },
+    };
+    // SAFETY: the callback has dl_iterate_phdr's signature and casts `data`
+    // back to the ScanState passed here, which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(on_module), (&raw mut state).cast()) };
+    state.scan
+}
+
+/// The loader's count of loads plus unloads (`dlpi_adds + dlpi_subs`):
+/// equal values mean no module was added or removed in between. `None` if
+/// the C library does not report them.
+pub(super) fn loader_generation() -> Option<u64> {
+    let mut generation: Option<u64> = None;
+    // SAFETY: the callback has dl_iterate_phdr's signature and only writes
+    // the Option passed as `data`, which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(on_first_module), (&raw mut generation).cast()) };
+    generation
+}
+
+struct ScanState<'a> {
+    known: &'a dyn Fn(&Identity) -> bool,
+    scan: Scan,
+}
+
+/// Whether `dl_phdr_info` of `size` bytes includes `dlpi_adds`/`dlpi_subs`.
+fn has_counters(size: usize) -> bool {
+    size >= core::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8
+}
+
+unsafe extern "C" fn on_first_module(
+    info: *mut libc::dl_phdr_info,
+    size: usize,
+    data: *mut c_void,
+) -> c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info of `size` bytes and our
+    // `data`, an Option<u64>.
+    unsafe {
+        let info = &*info;
+        if has_counters(size) {
+            *data.cast::<Option<u64>>() = Some(info.dlpi_adds.wrapping_add(info.dlpi_subs));
+        }
+    }
+    1 // stop after the first module: the counters are global
+}
+
+unsafe extern "C" fn on_module(
+    info: *mut libc::dl_phdr_info,
+    size: usize,
+    data: *mut c_void,
+) -> c_int {
+    // SAFETY: dl_iterate_phdr passes a valid info of `size` bytes and our
+    // `data`, a ScanState; the program headers it points to are valid for
+    // the callback's duration.
+    let (info, state, phdrs) = unsafe {
+        let info = &*info;
+        let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+            &[]
+        } else {
+            core::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum))
+        };
+        (info, &mut *data.cast::<ScanState>(), phdrs)
+    };
+    if has_counters(size) {
+        state.scan.generation = info.dlpi_adds.wrapping_add(info.dlpi_subs);
+    }
+    let bias = info.dlpi_addr;
+    let Some(hdr) = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME) else {
+        return 0;
+    };
+    let Some(hdr_range) = span(bias, hdr) else {
+        return 0;
+    };
+    // SAFETY: PT_GNU_EH_FRAME lies in a loaded segment of this module,
+    // mapped readable while the loader lock is held (during this callback).
+    let hdr_bytes = unsafe { mapped(&hdr_range) };
+    let identity = Identity {
+        eh_frame_hdr: hdr_range.start,
+        len: hdr_range.end - hdr_range.start,
+        hash: fnv1a(hdr_bytes),
+    };
+    if (state.known)(&identity) {
+        state.scan.modules.push(Scanned::Known(identity));
+        return 0;
+    }
+    let text = phdrs
+        .iter()
+        .filter(|p| p.p_type == libc::PT_LOAD && p.p_flags & libc::PF_X != 0)
+        .filter_map(|p| span(bias, p))
+        .reduce(|a, b| a.start.min(b.start)..a.end.max(b.end));
+    let Some(text) = text else {
+        return 0;
+    };
+    // `.eh_frame` has no program header of its own: the header points to
+    // its start, the segment holding that address bounds it, and the
+    // records themselves end it.
+    let bases = BaseAddresses::default().set_eh_frame_hdr(hdr_range.start);
+    let Ok(parsed) = EhFrameHdr::new(hdr_bytes, LittleEndian).parse(&bases, 8) else {
+        return 0;
+    };
+    let Pointer::Direct(eh_frame) = parsed.eh_frame_ptr() else {
+        return 0;
+    };
+    let Some(segment) = phdrs
+        .iter()
+        .filter(|p| p.p_type == libc::PT_LOAD)
+        .filter_map(|p| span(bias, p))
+        .find(|s| s.contains(&eh_frame))
+    else {
+        return 0;
+    };
+    // SAFETY: [eh_frame, segment end) lies in a loaded segment of this
+    // module, mapped readable during this callback.
+    let rest = unsafe { mapped(&(eh_frame..segment.end)) };
+    let eh_frame_bytes = &rest[..records_len(rest)];
+    let name = if info.dlpi_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by
+        // the loader, valid during the callback.
+        unsafe { CStr::from_ptr(info.dlpi_name) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    state.scan.modules.push(Scanned::New(Module {
+        name,
+        identity,
+        text,
+        eh_frame_hdr: Section {
+            address: hdr_range.start,
+            bytes: hdr_bytes.to_vec(),
+        },
+        eh_frame: Section {
+            address: eh_frame,
+            bytes: eh_frame_bytes.to_vec(),
+        },
+    }));
+    0
+}
+
+/// The addresses a program header covers once loaded, if they fit.
+fn span(bias: u64, p: &libc::Elf64_Phdr) -> Option<Range<u64>> {
+    let start = bias.checked_add(p.p_vaddr)?;
+    let end = start.checked_add(p.p_memsz)?;
+    (start < end).then_some(start..end)
+}
+
+/// # Safety
+/// `range` must be mapped and readable for as long as the result is used.
+unsafe fn mapped<'a>(range: &Range<u64>) -> &'a [u8] {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::slice::from_raw_parts(range.start as *const u8, (range.end - range.start) as usize)
+    }
+}
+
+/// Bytes of `.eh_frame` records at the start of `bytes`, through the
+/// zero-length terminator if there is one: each record is a 4-byte length
+/// (`0xffff_ffff` then an 8-byte length for 64-bit DWARF) and its body.
+fn records_len(bytes: &[u8]) -> usize {
+    let mut at = 0usize;
+    while let Some(word) = bytes.get(at..at + 4) {
+        let len = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        let (header, body) = match len {
+            0 => return at + 4,
+            0xffff_ffff => match bytes.get(at + 4..at + 12) {
+                Some(long) => (12, u64::from_le_bytes(long.try_into().unwrap_or([0xff; 8]))),
+                None => break,
+            },
+            _ => (4, u64::from(len)),
+        };
+        let Some(next) = usize::try_from(body)
+            .ok()
+            .and_then(|body| (at + header).checked_add(body))
+            .filter(|&next| next <= bytes.len())
+        else {
+            break;
+        };
+        at = next;
+    }
+    at
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_this_executable_and_the_c_library_with_their_unwind_sections() {
+        let scan = scan(&|_| false);
+        let modules: Vec<&Module> = scan
+            .modules
+            .iter()
+            .filter_map(|m| match m {
+                Scanned::New(m) => Some(m),
+                Scanned::Known(_) => None,
+            })
+            .collect();
+        let here = finds_this_executable_and_the_c_library_with_their_unwind_sections as fn()
+            as usize as u64;
+        let exe = modules
+            .iter()
+            .find(|m| m.text.contains(&here))
+            .expect("a module holding this function");
+        assert!(
+            exe.eh_frame.bytes.len() > 1000,
+            "{}",
+            exe.eh_frame.bytes.len()
+        );
+        assert!(modules.iter().any(|m| m.name.contains("libc.so")));
+        // Every module's .eh_frame ends at its terminator (or its segment).
+        for m in &modules {
+            assert_eq!(records_len(&m.eh_frame.bytes), m.eh_frame.bytes.len());
+        }
+        // A second scan that knows everything copies nothing.
+        let again = super::scan(&|_| true);
+        assert!(again.modules.iter().all(|m| matches!(m, Scanned::Known(_))));
+        assert_eq!(again.modules.len(), scan.modules.len());
+        assert_eq!(loader_generation(), Some(scan.generation));
+    }
+
+    #[test]
+    fn records_end_at_the_terminator_or_at_a_length_that_does_not_fit() {
+        let mut bytes = vec![];
+        bytes.extend(8u32.to_le_bytes());
+        bytes.extend([0u8; 8]);
+        bytes.extend(0u32.to_le_bytes());
+        bytes.extend([0xaa; 16]);
+        assert_eq!(records_len(&bytes), 16);
+        assert_eq!(records_len(&bytes[..12]), 12);
+        let mut bad = 8u32.to_le_bytes().to_vec();
+        bad.extend(100u32.to_le_bytes());
+        assert_eq!(records_len(&bad), 0);
+    }
+}

@@ -1,0 +1,542 @@
+//! The compact unwind table: for every loaded module, the rule that
+//! recovers the caller's frame at each code address, precomputed from
+//! `.eh_frame` so that unwinding is a lookup, not a DWARF interpreter.
+//!
+//! `.eh_frame` describes, per function, a program of call-frame
+//! instructions; running it up to an address yields that address's row:
+//! how to compute the canonical frame address (CFA, the caller's stack
+//! pointer before the call) and where the caller's registers are saved.
+//! libgcc runs those programs at every frame of every unwind. The table
+//! runs each once, at build time, and keeps one [`Rule`] (4 bytes) per
+//! row, starting at the row's first address (4 bytes): about 8 bytes a row
+//! plus 4 bytes per 256 bytes of code for the page index, built with
+//! `gimli` in about 0.1-0.2 us a row: 36k rows (a small program and its C
+//! library) in 4-7 ms and 310 KiB, libLLVM's 1.44 M rows in 150-180 ms and
+//! 12.4 MiB (BENCHMARKS.md, "Cost of one sampled stack").
+//!
+//! # What a rule expresses
+//!
+//! x86_64 only. A row is kept as a rule when the return address is saved
+//! at `CFA - 8` (always so on x86_64, checked) and:
+//! - the CFA is `rsp + offset` or `rbp + offset` (offset 8 B to 8 MiB),
+//! - the caller's `rbp` is unchanged or saved at `CFA - 8 * slot`
+//!   (slot < 64);
+//! - or the return address is undefined: the outermost frame of a thread
+//!   (`_start`, `clone3`), where unwinding ends;
+//! - or the function is a signal trampoline (`__restore_rt`, FDE
+//!   augmentation `S`): the interrupted registers are in the `ucontext_t`
+//!   on the stack (`table_walk`).
+//!
+//! Anything else is [`Kind::Unsupported`]: CFA expressions (PLT stubs),
+//! a CFA based on another register (`_dl_runtime_resolve` after stack
+//! realignment, `__longjmp`), `rbp` kept in another register. Those rows
+//! are rare (none in Rust code; a few dozen in libc, ld.so and libgcc);
+//! a stack that reaches one is captured by libgcc instead. Addresses no
+//! function covers are [`Kind::None`].
+//!
+//! # Lookup
+//!
+//! Modules are sorted by address; within one, row starts are `u32` offsets
+//! from the module's first covered address, and `pages[p]` is the row that
+//! covers the first byte of page `p` (256 bytes), so a lookup binary
+//! searches only the rows of one page, usually one to four.
+//!
+//! Tables live in anonymous mappings (`pages`) that are never freed: a
+//! capture may read a table at any time, without a lock (`builder`).
+
+use core::mem::size_of;
+
+use gimli::{
+    BaseAddresses, CfaRule, EhFrame, EhFrameHdr, LittleEndian, RegisterRule, UnwindContext,
+    UnwindSection, X86_64,
+};
+
+use super::modules::{Identity, Module};
+use crate::alloc::pages;
+
+/// Bytes of code per entry of the page index.
+const PAGE_SHIFT: u32 = 8;
+
+/// How a row finds the caller's frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// No function covers the address.
+    None,
+    /// CFA = `rsp + offset`.
+    Sp,
+    /// CFA = `rbp + offset`.
+    Bp,
+    /// The return address is undefined: the outermost frame.
+    Root,
+    /// A signal trampoline: registers are in the `ucontext_t` at `rsp`.
+    Signal,
+    /// A row the table cannot express.
+    Unsupported,
+}
+
+/// One row's rule in 32 bits: kind (3 bits), rbp slot (6 bits), CFA
+/// offset in bytes (23 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Rule(u32);
+
+impl Rule {
+    pub(super) const NONE: Rule = Rule(0);
+    pub(super) const ROOT: Rule = Rule(3);
+    pub(super) const SIGNAL: Rule = Rule(4);
+    pub(super) const UNSUPPORTED: Rule = Rule(5);
+    /// Largest CFA offset a rule holds, exclusive.
+    pub(super) const MAX_OFFSET: u64 = 1 << 23;
+    /// Largest rbp slot, exclusive.
+    pub(super) const MAX_SLOT: u64 = 64;
+
+    /// CFA = (`rbp` if `from_rbp`, else `rsp`) + `offset`; the caller's
+    /// `rbp` at `CFA - 8 * rbp_slot` (0: unchanged). `None` if out of range.
+    pub(super) fn cfa(from_rbp: bool, offset: u64, rbp_slot: u64) -> Option<Rule> {
+        if !(8..Self::MAX_OFFSET).contains(&offset) || rbp_slot >= Self::MAX_SLOT {
+            return None;
+        }
+        let kind = if from_rbp { 2 } else { 1 };
+        Some(Rule(kind | (rbp_slot as u32) << 3 | (offset as u32) << 9))
+    }
+
+    /// The rule as 32 bits (the rule cache stores them).
+    #[inline(always)]
+    pub(super) fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// A rule from [`bits`](Self::bits).
+    #[inline(always)]
+    pub(super) fn from_bits(bits: u32) -> Rule {
+        Rule(bits)
+    }
+
+    #[inline(always)]
+    pub(super) fn kind(self) -> Kind {
+        match self.0 & 7 {
+            0 => Kind::None,
+            1 => Kind::Sp,
+            2 => Kind::Bp,
+            3 => Kind::Root,
+            4 => Kind::Signal,
+            _ => Kind::Unsupported,
+        }
+    }
+
+    /// Bytes from the base register to the CFA.
+    #[inline(always)]
+    pub(super) fn offset(self) -> u64 {
+        u64::from(self.0 >> 9)
+    }
+
+    /// The caller's `rbp` is at `CFA - 8 * slot`; 0 when unchanged.
+    #[inline(always)]
+    pub(super) fn rbp_slot(self) -> u64 {
+        u64::from((self.0 >> 3) & 63)
+    }
+}
+
+/// Counts from building one module's table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct BuildStats {
+    pub fdes: usize,
+    pub rows: usize,
+    pub unsupported_rows: usize,
+    /// FDEs gimli could not parse (their addresses become [`Kind::None`]).
+    pub errors: usize,
+}
+
+/// One module's rows. `Copy`: the slices point into a mapping that is
+/// never freed, shared by every table set that includes the module.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ModuleTable {
+    /// The loader's name for the module (empty for the executable).
+    pub name: &'static str,
+    pub identity: Identity,
+    /// First address covered.
+    lo: u64,
+    /// Bytes covered from `lo`.
+    span: u64,
+    /// Row starts, offsets from `lo`, ascending.
+    starts: &'static [u32],
+    /// The rule of each row.
+    rules: &'static [u32],
+    /// `pages[p]`: the row covering offset `p << PAGE_SHIFT`; one more
+    /// entry than pages, so `pages[p + 1]` bounds page `p`'s rows.
+    pages: &'static [u32],
+    /// Bytes mapped for this table.
+    pub bytes: usize,
+    pub stats: BuildStats,
+}
+
+impl ModuleTable {
+    /// Builds `module`'s table into memory mapped for it, unless the
+    /// module has no usable rows, covers 4 GiB or more, or the table would
+    /// take more than `max_bytes`. Allocates: never call it inside the
+    /// allocator.
+    pub(super) fn build(module: &Module, max_bytes: usize) -> Option<ModuleTable> {
+        let (rows, stats) = rows(module)?;
+        let (lo, span, starts, rules) = merge(rows)?;
+        let pages = page_index(&starts, span);
+        let words = starts.len() + rules.len() + pages.len();
+        if words * size_of::<u32>() > max_bytes {
+            return None;
+        }
+        let mut all = Vec::with_capacity(words);
+        all.extend_from_slice(&starts);
+        all.extend_from_slice(&rules);
+        all.extend_from_slice(&pages);
+        let (all, bytes) = pages::leak_copy(&all)?;
+        let (starts, rest) = all.split_at(starts.len());
+        let (rules, pages) = rest.split_at(rules.len());
+        Some(ModuleTable {
+            name: module.name.clone().leak(),
+            identity: module.identity,
+            lo,
+            span,
+            starts,
+            rules,
+            pages,
+            bytes,
+            stats: BuildStats {
+                rows: starts.len(),
+                ..stats
+            },
+        })
+    }
+
+    /// First address covered.
+    pub(super) fn lo(&self) -> u64 {
+        self.lo
+    }
+
+    /// Whether `addr` is inside the rows of this module.
+    #[inline(always)]
+    fn covers(&self, addr: u64) -> bool {
+        addr.wrapping_sub(self.lo) < self.span
+    }
+
+    /// The rule at `addr`, which [`covers`](Self::covers) holds for.
+    #[inline(always)]
+    fn rule(&self, addr: u64) -> Rule {
+        let at = addr.wrapping_sub(self.lo);
+        let page = (at >> PAGE_SHIFT) as usize;
+        let (Some(&first), Some(&last)) = (self.pages.get(page), self.pages.get(page + 1)) else {
+            return Rule::NONE;
+        };
+        let (mut base, mut len) = (first as usize, last.saturating_sub(first) as usize + 1);
+        let at = at as u32;
+        // The last row starting at or before `at`.
+        while len > 1 {
+            let half = len / 2;
+            if self.starts.get(base + half).is_some_and(|&s| s <= at) {
+                base += half;
+            }
+            len -= half;
+        }
+        self.rules.get(base).map_or(Rule::NONE, |&r| Rule(r))
+    }
+}
+
+/// One CFI row: `rule` holds for addresses `start..end`.
+type Row = (u64, u64, Rule);
+
+/// Every row of `module`'s FDEs, in any order.
+fn rows(module: &Module) -> Option<(Vec<Row>, BuildStats)> {
+    let bases = BaseAddresses::default()
+        .set_eh_frame_hdr(module.eh_frame_hdr.address)
+        .set_eh_frame(module.eh_frame.address)
+        .set_text(module.text.start);
+    let header = EhFrameHdr::new(&module.eh_frame_hdr.bytes, LittleEndian)
+        .parse(&bases, 8)
+        .ok()?;
+    let index = header.table()?;
+    let mut eh_frame = EhFrame::new(&module.eh_frame.bytes, LittleEndian);
+    eh_frame.set_address_size(8);
+    let mut context = UnwindContext::new();
+    let mut stats = BuildStats::default();
+    let mut out = Vec::new();
+    let mut fdes = index.iter(&bases);
+    while let Ok(Some((_, pointer))) = fdes.next() {
+        let fde = index
+            .pointer_to_offset(pointer)
+            .and_then(|offset| eh_frame.fde_from_offset(&bases, offset, EhFrame::cie_from_offset));
+        let Ok(fde) = fde else {
+            stats.errors += 1;
+            continue;
+        };
+        stats.fdes += 1;
+        let signal = fde.is_signal_trampoline();
+        let Ok(mut table) = fde.rows(&eh_frame, &bases, &mut context) else {
+            stats.errors += 1;
+            continue;
+        };
+        loop {
+            match table.next_row() {
+                Ok(Some(row)) => {
+                    let rule = if signal {
+                        Rule::SIGNAL
+                    } else {
+                        encode(
+                            row.cfa(),
+                            row.register(X86_64::RBP),
+                            row.register(X86_64::RA),
+                        )
+                    };
+                    stats.unsupported_rows += usize::from(rule == Rule::UNSUPPORTED);
+                    if row.start_address() < row.end_address() {
+                        out.push((row.start_address(), row.end_address(), rule));
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    stats.errors += 1;
+                    break;
+                }
+            }
+        }
+    }
+    Some((out, stats))
+}
+
+/// The rule of one CFI row.
+fn encode(
+    cfa: &CfaRule<usize>,
+    rbp: Option<RegisterRule<usize>>,
+    ra: Option<RegisterRule<usize>>,
+) -> Rule {
+    match ra {
+        Some(RegisterRule::Undefined) => return Rule::ROOT,
+        Some(RegisterRule::Offset(-8)) => {}
+        _ => return Rule::UNSUPPORTED,
+    }
+    let (from_rbp, offset) = match *cfa {
+        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RSP => {
+            (false, offset)
+        }
+        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RBP => {
+            (true, offset)
+        }
+        _ => return Rule::UNSUPPORTED,
+    };
+    // No rule for rbp means "same value", as does Undefined as far as
+    // recovering the caller's frames goes (libgcc leaves it as it is).
+    let slot = match rbp {
+        None | Some(RegisterRule::SameValue) | Some(RegisterRule::Undefined) => Some(0),
+        Some(RegisterRule::Offset(o)) if o < 0 && o % 8 == 0 => Some(o.unsigned_abs() / 8),
+        _ => None,
+    };
+    let (Ok(offset), Some(slot)) = (u64::try_from(offset), slot) else {
+        return Rule::UNSUPPORTED;
+    };
+    Rule::cfa(from_rbp, offset, slot).unwrap_or(Rule::UNSUPPORTED)
+}
+
+/// Sorts rows into `(lo, span, starts, rules)`: each start relative to
+/// `lo`, a [`Rule::NONE`] row after every gap between functions, runs of
+/// one rule merged. `None` without rows or if they span 4 GiB or more.
+fn merge(mut rows: Vec<Row>) -> Option<(u64, u64, Vec<u32>, Vec<u32>)> {
+    rows.sort_unstable_by_key(|r| (r.0, r.1));
+    let lo = rows.first()?.0;
+    let hi = rows.iter().map(|r| r.1).max()?;
+    let span = hi - lo;
+    if span > u64::from(u32::MAX) {
+        return None;
+    }
+    let mut starts: Vec<u32> = Vec::with_capacity(rows.len() + rows.len() / 4);
+    let mut rules: Vec<u32> = Vec::with_capacity(starts.capacity());
+    let mut push = |start: u64, rule: Rule| {
+        let start = (start - lo) as u32;
+        match (starts.last(), rules.last_mut()) {
+            (_, Some(last)) if *last == rule.0 => {}
+            (Some(&s), Some(last)) if s == start => *last = rule.0,
+            _ => {
+                starts.push(start);
+                rules.push(rule.0);
+            }
+        }
+    };
+    for (i, &(start, end, rule)) in rows.iter().enumerate() {
+        push(start, rule);
+        if rows.get(i + 1).is_none_or(|next| next.0 > end) {
+            push(end, Rule::NONE);
+        }
+    }
+    Some((lo, span, starts, rules))
+}
+
+/// `pages[p]` = the row covering offset `p << PAGE_SHIFT`, for every page
+/// of `span` plus one bounding entry.
+fn page_index(starts: &[u32], span: u64) -> Vec<u32> {
+    let count = (span >> PAGE_SHIFT) as usize + 1;
+    let mut pages = Vec::with_capacity(count + 1);
+    let mut row = 0usize;
+    for page in 0..=count {
+        let at = ((page as u64) << PAGE_SHIFT).min(span) as u32;
+        while starts.get(row + 1).is_some_and(|&s| s <= at) {
+            row += 1;
+        }
+        pages.push(row as u32);
+    }
+    pages
+}
+
+/// The tables of every module, as published (`builder`): sorted by
+/// address, never freed.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Tables {
+    /// Increments with every published set; tags rule-cache entries.
+    pub generation: u32,
+    pub modules: &'static [ModuleTable],
+}
+
+impl Tables {
+    /// Copies `modules` (sorted by address) into a mapping of their own.
+    pub(super) fn leak(generation: u32, modules: &[ModuleTable]) -> Option<&'static Tables> {
+        let (modules, _) = pages::leak_copy(modules)?;
+        let (set, _) = pages::leak_copy(&[Tables {
+            generation,
+            modules,
+        }])?;
+        set.first()
+    }
+
+    /// The rule at `addr`. `hint` is the index of the module of the last
+    /// lookup (a caller is usually in the same module as its callee).
+    #[inline(always)]
+    pub(super) fn rule(&self, addr: u64, hint: &mut usize) -> Rule {
+        if let Some(m) = self.modules.get(*hint)
+            && m.covers(addr)
+        {
+            return m.rule(addr);
+        }
+        let i = self.modules.partition_point(|m| m.lo <= addr);
+        match i
+            .checked_sub(1)
+            .and_then(|i| Some((i, self.modules.get(i)?)))
+        {
+            Some((i, m)) if m.covers(addr) => {
+                *hint = i;
+                m.rule(addr)
+            }
+            _ => Rule::NONE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_round_trip_and_reject_what_they_cannot_hold() {
+        let r = Rule::cfa(true, 16, 2).unwrap();
+        assert_eq!((r.kind(), r.offset(), r.rbp_slot()), (Kind::Bp, 16, 2));
+        let r = Rule::cfa(false, (1 << 23) - 8, 0).unwrap();
+        assert_eq!(
+            (r.kind(), r.offset(), r.rbp_slot()),
+            (Kind::Sp, (1 << 23) - 8, 0)
+        );
+        assert_eq!(Rule::cfa(false, 1 << 23, 0), None);
+        assert_eq!(Rule::cfa(false, 0, 0), None);
+        assert_eq!(Rule::cfa(false, 8, 64), None);
+        for (rule, kind) in [
+            (Rule::NONE, Kind::None),
+            (Rule::ROOT, Kind::Root),
+            (Rule::SIGNAL, Kind::Signal),
+            (Rule::UNSUPPORTED, Kind::Unsupported),
+        ] {
+            assert_eq!(rule.kind(), kind);
+        }
+    }
+
+    #[test]
+    fn encodes_the_rows_a_compiler_emits() {
+        let sp = |offset| CfaRule::RegisterAndOffset {
+            register: X86_64::RSP,
+            offset,
+        };
+        let ra = || Some(RegisterRule::Offset(-8));
+        // Function entry: CFA = rsp + 8, rbp untouched.
+        assert_eq!(encode(&sp(8), None, ra()), Rule::cfa(false, 8, 0).unwrap());
+        // After `push rbp; mov rbp, rsp`: CFA = rbp + 16, rbp at CFA - 16.
+        let bp = CfaRule::RegisterAndOffset {
+            register: X86_64::RBP,
+            offset: 16,
+        };
+        let saved = Some(RegisterRule::Offset(-16));
+        assert_eq!(encode(&bp, saved, ra()), Rule::cfa(true, 16, 2).unwrap());
+        // The outermost frame.
+        assert_eq!(
+            encode(&sp(8), None, Some(RegisterRule::Undefined)),
+            Rule::ROOT
+        );
+        // CFA from another register, rbp in a register, RA elsewhere.
+        let rbx = CfaRule::RegisterAndOffset {
+            register: X86_64::RBX,
+            offset: 8,
+        };
+        assert_eq!(encode(&rbx, None, ra()), Rule::UNSUPPORTED);
+        let in_reg = Some(RegisterRule::Register(X86_64::R12));
+        assert_eq!(encode(&sp(8), in_reg, ra()), Rule::UNSUPPORTED);
+        let odd_ra = Some(RegisterRule::Offset(-16));
+        assert_eq!(encode(&sp(16), None, odd_ra), Rule::UNSUPPORTED);
+    }
+
+    #[test]
+    fn merged_rows_mark_gaps_and_the_page_index_bounds_every_lookup() {
+        let a = Rule::cfa(false, 8, 0).unwrap();
+        let b = Rule::cfa(false, 16, 0).unwrap();
+        // Two functions with a gap, the second starting with the same rule
+        // as the first one's last row; rows given out of order.
+        let rows = vec![
+            (0x1000, 0x1001, a),
+            (0x1001, 0x1100, b),
+            (0x1400, 0x1401, b),
+            (0x1401, 0x1500, a),
+        ];
+        let (lo, span, starts, rules) = merge(rows).unwrap();
+        assert_eq!((lo, span), (0x1000, 0x500));
+        assert_eq!(starts, [0, 1, 0x100, 0x400, 0x401, 0x500]);
+        assert_eq!(rules, [a.0, b.0, 0, b.0, a.0, 0]);
+        let pages = page_index(&starts, span);
+        let table = ModuleTable {
+            name: "",
+            identity: Identity {
+                eh_frame_hdr: 0,
+                len: 0,
+                hash: 0,
+            },
+            lo,
+            span,
+            starts: starts.leak(),
+            rules: rules.leak(),
+            pages: pages.leak(),
+            bytes: 0,
+            stats: BuildStats::default(),
+        };
+        let expect = |addr: u64| match addr {
+            0x1000 => a,
+            0x1001..0x1100 => b,
+            0x1100..0x1400 => Rule::NONE,
+            0x1400 => b,
+            0x1401..0x1500 => a,
+            _ => unreachable!(),
+        };
+        for addr in 0x1000..0x1500 {
+            assert!(table.covers(addr));
+            assert_eq!(table.rule(addr), expect(addr), "{addr:#x}");
+        }
+        assert!(!table.covers(0x1500) && !table.covers(0xfff));
+        let modules: &'static [ModuleTable] = vec![table].leak();
+        let set = Tables {
+            generation: 0,
+            modules,
+        };
+        let mut hint = usize::MAX;
+        assert_eq!(set.rule(0x1002, &mut hint), b);
+        assert_eq!(hint, 0);
+        assert_eq!(set.rule(0x1600, &mut hint), Rule::NONE);
+        assert_eq!(set.rule(0x10, &mut hint), Rule::NONE);
+    }
+}
