@@ -44,7 +44,19 @@ fn cargo() -> Command {
     c
 }
 
-fn build(target_dir: &Path, args: &[&str], rustflags: &str) -> Result<(), String> {
+/// Where the builds of `benches/programs` go.
+pub fn programs_dir() -> PathBuf {
+    root().join("target/bench-programs")
+}
+
+/// Builds `benches/programs` in release into `target_dir` with `args`,
+/// `RUSTFLAGS` and extra environment (cargo's `CARGO_PROFILE_*` settings).
+pub fn build(
+    target_dir: &Path,
+    args: &[&str],
+    rustflags: &str,
+    env: &[(&str, &str)],
+) -> Result<(), String> {
     let manifest = root().join("benches/programs/Cargo.toml");
     eprintln!(
         "building {} into {} {}",
@@ -55,6 +67,7 @@ fn build(target_dir: &Path, args: &[&str], rustflags: &str) -> Result<(), String
     let mut cmd = cargo();
     let out = cmd
         .env("RUSTFLAGS", rustflags)
+        .envs(env.iter().copied())
         .args(["build", "--release", "--manifest-path"])
         .arg(&manifest)
         .arg("--target-dir")
@@ -80,9 +93,9 @@ fn build(target_dir: &Path, args: &[&str], rustflags: &str) -> Result<(), String
 /// (jemalloc with profiling compiled in). Those may fail, reported per
 /// configuration.
 pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
-    let base = root().join("target/bench-programs");
+    let base = programs_dir();
     let plain_dir = base.join("plain");
-    if let Err(e) = build(&plain_dir, &["--bins"], NO_FRAME_POINTERS) {
+    if let Err(e) = build(&plain_dir, &["--bins"], NO_FRAME_POINTERS, &[]) {
         panic!("building benches/programs failed: {e}");
     }
     let fp_plain_dir = base.join("fp");
@@ -100,6 +113,7 @@ pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
                 "heapprof-system",
             ],
             FRAME_POINTERS,
+            &[],
         )
         .map(|()| fp_plain_dir.join("release"))
     };
@@ -122,6 +136,7 @@ pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
                 "profile-cost-jemalloc",
             ],
             NO_FRAME_POINTERS,
+            &[],
         )
         .map(|()| prof_dir.join("release"));
         let fp_dir = base.join("prof-fp");
@@ -129,6 +144,7 @@ pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
             &fp_dir,
             &["--features", "prof", "--bin", "pprof-alloc"],
             FRAME_POINTERS,
+            &[],
         )
         .map(|()| fp_dir.join("release"));
         (prof, prof_fp)
@@ -147,13 +163,13 @@ pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
 /// (into the plain build's directory) or with them (the `-fp` one), and
 /// returns its path.
 pub fn build_program(bin: &str, frame_pointers: bool) -> Result<PathBuf, String> {
-    let base = root().join("target/bench-programs");
+    let base = programs_dir();
     let (dir, rustflags) = if frame_pointers {
         (base.join("fp"), FRAME_POINTERS)
     } else {
         (base.join("plain"), NO_FRAME_POINTERS)
     };
-    build(&dir, &["--bin", bin], rustflags)?;
+    build(&dir, &["--bin", bin], rustflags, &[])?;
     Ok(dir.join("release").join(bin))
 }
 

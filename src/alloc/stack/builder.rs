@@ -207,6 +207,17 @@ extern "C" fn run(_: *mut libc::c_void) -> *mut libc::c_void {
     // SAFETY: names the calling thread; the name is NUL-terminated and
     // fits the 16-byte limit.
     unsafe { libc::pthread_setname_np(libc::pthread_self(), c"heapprof-unwind".as_ptr()) };
+    // Thread dumps signal every thread: answer the default dump signal
+    // like the others (its handler is async-signal-safe), so the dump shows
+    // this thread's stack instead of "blocks the signal".
+    // SAFETY: unblocks one signal of the calling thread's mask, from a
+    // local, initialised set.
+    unsafe {
+        let mut set = core::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), crate::threads::DEFAULT_THREAD_DUMP_SIGNAL);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, set.as_ptr(), ptr::null_mut());
+    }
     if std::panic::catch_unwind(serve).is_err() {
         STATE.store(FAILED, Ordering::Release);
     }

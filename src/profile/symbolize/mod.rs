@@ -306,12 +306,13 @@ fn levels_of(
     levels
 }
 
-/// A demangled Rust (legacy or v0) symbol without its hash; other names
-/// as they are.
+/// A demangled Rust (legacy or v0) symbol without its hash; a C name
+/// without the suffix the compiler gives its clones (`msort_with_tmp` for
+/// `msort_with_tmp.part.0`, as the function's debug info names it).
 pub(crate) fn demangle(name: &str) -> String {
     match rustc_demangle::try_demangle(name) {
         Ok(d) => format!("{d:#}"),
-        Err(_) => name.to_owned(),
+        Err(_) => name.split('.').next().unwrap_or(name).to_owned(),
     }
 }
 

@@ -1,0 +1,204 @@
+//! What a profile costs the profiled process in anonymous memory.
+//!
+//! `cargo bench --bench profile_memory` (`HEAPPROF_BENCH_QUICK=1`: 5 s CPU
+//! profiles instead of 30 s).
+//!
+//! The same service (`benches/programs/src/service.rs`: quickstart's heap,
+//! 256 more call sites, two busy threads) runs under each profiler:
+//! heapprof with heapprof-http (`serve-heapprof`), and the peers
+//! (`serve-peers`): jemalloc's profiler through jemalloc_pprof, symbolized
+//! in process, for heap profiles, and pprof-rs for CPU profiles. Each is
+//! built twice: as a service is usually built (`debug = "limited"`) and
+//! with full debug info and no optimisation, a binary of 200 MB or more.
+//!
+//! For each, over HTTP: the first heap profile, a later one (after 12 s,
+//! once jemalloc's decay has returned the first one's pages), 100
+//! concurrent heap requests, and a 30 s CPU profile. The figure is the
+//! peak rise of the process's anonymous RSS (`RssAnon`, sampled every
+//! millisecond) over the level just before the request; for the CPU
+//! profile also what is still there 15 s after it ended ("kept").
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use support::{build, program, programs_dir, quick};
+
+const MIB: f64 = 1048576.0;
+
+fn main() {
+    let cpu_seconds = if quick() { 5 } else { 30 };
+    let builds = [
+        ("debug = \"limited\"", "limited", Vec::new()),
+        (
+            "full debug info, unoptimised",
+            "full",
+            vec![
+                ("CARGO_PROFILE_RELEASE_DEBUG", "2"),
+                ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0"),
+            ],
+        ),
+    ];
+    println!(
+        "| program | binary | first heap | later heap | 100 concurrent | CPU {cpu_seconds} s: while | kept |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (what, dir, env) in &builds {
+        let heapprof = build_one(dir, &["--features", "http", "--bin", "serve-heapprof"], env)
+            .map(|d| d.join("serve-heapprof"));
+        let peers = build_one(
+            &format!("{dir}-prof"),
+            &["--features", "prof,symbolize", "--bin", "serve-peers"],
+            env,
+        )
+        .map(|d| d.join("serve-peers"));
+        for (who, bin) in [("heapprof", heapprof), ("jemalloc_pprof + pprof-rs", peers)] {
+            match bin {
+                Ok(bin) => {
+                    let size = std::fs::metadata(&bin).map_or(0, |m| m.len());
+                    let row = measure(&bin, cpu_seconds);
+                    println!(
+                        "| {who} | {what}, {:.0} MB | {} | {} | {} | {} | {} |",
+                        size as f64 / 1e6,
+                        row[0],
+                        row[1],
+                        row[2],
+                        row[3],
+                        row[4]
+                    );
+                }
+                Err(e) => println!("| {who} | {what} | unavailable: {e} | | | | |"),
+            }
+        }
+    }
+}
+
+fn build_one(dir: &str, args: &[&str], env: &[(&str, &str)]) -> Result<PathBuf, String> {
+    let target = programs_dir().join(format!("memory-{dir}"));
+    build(&target, args, "", env).map(|()| target.join("release"))
+}
+
+/// The five figures of one program, formatted.
+fn measure(bin: &Path, cpu_seconds: u64) -> [String; 5] {
+    let mut child = program(bin, &[])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the service");
+    let addr = listening(&mut child);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(2));
+    let heap = "/debug/pprof/heap";
+    let first = peak_rise(pid, || get(&addr, heap));
+    std::thread::sleep(Duration::from_secs(12));
+    let later = peak_rise(pid, || get(&addr, heap));
+    std::thread::sleep(Duration::from_secs(12));
+    let burst = peak_rise(pid, || {
+        let clients: Vec<_> = (0..100)
+            .map(|_| {
+                let addr = addr.clone();
+                std::thread::spawn(move || get(&addr, heap))
+            })
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .sum::<usize>()
+    });
+    std::thread::sleep(Duration::from_secs(12));
+    let before = rss_anon(pid);
+    let cpu = peak_rise(pid, || {
+        get(
+            &addr,
+            &format!("/debug/pprof/profile?seconds={cpu_seconds}"),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(15));
+    let kept = rss_anon(pid).saturating_sub(before);
+    let _ = child.kill();
+    let _ = child.wait();
+    [
+        mib(first),
+        mib(later),
+        mib(burst),
+        mib(cpu),
+        format!("{:.1} MiB", kept as f64 / MIB),
+    ]
+}
+
+fn mib((rise, bytes): (u64, usize)) -> String {
+    if bytes == 0 {
+        return "no answer".into();
+    }
+    format!("{:.1} MiB", rise as f64 / MIB)
+}
+
+fn listening(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the service exited before listening")
+            .expect("a line");
+        if let Some(addr) = line.strip_prefix("listening on http://") {
+            break addr.trim().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    addr
+}
+
+/// `RssAnon` of `pid`, bytes.
+fn rss_anon(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    heapprof::sys::procfs::parse_status(&status).rss_anon
+}
+
+/// Runs `f` while sampling `pid`'s anonymous RSS every millisecond; the
+/// peak rise over the level before, and `f`'s result.
+fn peak_rise(pid: u32, f: impl FnOnce() -> usize) -> (u64, usize) {
+    let base = rss_anon(pid);
+    let peak = Arc::new(AtomicU64::new(base));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_anon(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let out = f();
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (peak.load(Ordering::Relaxed).saturating_sub(base), out)
+}
+
+/// GET `path`; the body's length (0 unless 200).
+fn get(addr: &str, path: &str) -> usize {
+    let Ok(mut conn) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
+    let _ = write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut raw = Vec::new();
+    let _ = conn.read_to_end(&mut raw);
+    let ok = raw.starts_with(b"HTTP/1.1 200");
+    let head = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    if ok { raw.len() - head } else { 0 }
+}
