@@ -3,8 +3,9 @@
 //! once through the page cache) runs in its own memory cgroup. `heapprof
 //! verify PID --duration` reports the heap flat and the RSS growth as
 //! thread stacks, in a partition of RSS whose parts add up; the profiler
-//! is not called wrong against jemalloc (the "disagrees by 37%"
-//! came from 2 live samples); the cgroup's working set is below its usage
+//! is not called wrong against jemalloc (2 live samples are no verdict,
+//! and jemalloc's thread-cache structures, about 30 KiB a thread, are not
+//! the program's heap); the cgroup's working set is below its usage
 //! by the inactive file pages, with the numbers memory.stat gives.
 //!
 //! Timing on a loaded 2-core machine: the thread cap is far enough that

@@ -77,8 +77,8 @@ fn stealth_leak_claim_is_flagged_false() {
     assert_eq!(code, 1, "a false claim fails verify");
 
     // The profiler is right, and verify says so: one window on both sides
-    // (the 45-76% "disagreement" came from the profiler's readings
-    // spanning 9 s of a 6 s window), tolerances from the samples.
+    // (readings that span more than the uprobes' window make a right
+    // profiler look 45-76% off), tolerances from the samples.
     eprintln!("window: {}", report["window"]["statement"]);
     let w = &report["window"];
     let (opened, closed) = (

@@ -307,8 +307,8 @@ mod tests {
 
     #[test]
     fn too_few_samples_is_no_verdict() {
-        // The thread_growth: 21.2 MiB from 2 live samples against
-        // 33.6 MiB: no verdict, not a failure.
+        // thread_growth at the default rate: 21.2 MiB from 2 live samples
+        // against 33.6 MiB: no verdict, not a failure.
         let e = Estimate {
             bytes: 21.2 * MIB,
             samples: 2,

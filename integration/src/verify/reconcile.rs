@@ -313,8 +313,7 @@ Anonymous:             0 kB
         assert_eq!(r.file, MIB);
         assert_eq!(r.parts_sum(), r.rss);
         assert_eq!(r.parts_sum(), r.detail.smaps_rss);
-        // The case: an estimate above the pages never makes a
-        // negative part.
+        // An estimate above the pages never makes a negative part.
         let r = reconcile(&p, Some(&resident(60 * MIB)));
         assert_eq!((r.live_heap, r.allocator_retained), (40 * MIB, 0));
         assert!(r.detail.heap_capped);
