@@ -156,6 +156,27 @@ pub struct LeakSuspect {
     pub window: Duration,
 }
 
+/// Heap bytes the recorder holds, approximately: each tracked site's copy
+/// and its points (capacity included). Not sampled (the recorder works
+/// under the reentrancy guard).
+pub(crate) fn heap_bytes() -> u64 {
+    let guard = RECORDER.lock();
+    let Some(rec) = guard.as_ref() else { return 0 };
+    let per_entry = std::mem::size_of::<(u32, Series)>() + 8;
+    rec.series
+        .values()
+        .map(|s| {
+            let labels: usize = s
+                .site
+                .labels()
+                .iter()
+                .map(|(k, v)| k.capacity() + v.capacity() + 48)
+                .sum();
+            per_entry + s.points.capacity() * std::mem::size_of::<(f64, f64)>() + labels
+        })
+        .sum::<usize>() as u64
+}
+
 /// The recorder's interval, if it was started.
 pub fn history_interval() -> Option<Duration> {
     RECORDER.lock().as_ref().map(|r| r.interval)

@@ -72,6 +72,8 @@ pub mod offline {
     }
 }
 #[doc(hidden)]
+pub mod sampling;
+#[doc(hidden)]
 pub mod sys;
 mod threads;
 #[doc(hidden)]
@@ -88,9 +90,9 @@ pub use history::{HistoryGuard, LeakSuspect, history_interval, leak_suspects, st
 pub use labels::{LabelGuard, LabelsExt, WithLabels, set_labels, with_labels};
 pub use oom_guard::{OomGuard, OomGuardConfig, OomGuardError};
 pub use profile::{
-    Admission, BuildKind, BuildMode, Frame, NoRoom, PprofOptions, SITE_TABLE_FULL, SampleType,
-    SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType, admit, function_names,
-    headroom, is_plumbing, peak_snapshot, snapshot, snapshot_older_than, stats,
+    Admission, BuildKind, BuildMode, Frame, NoRoom, PprofOptions, RESIDENT_SPACE, SITE_TABLE_FULL,
+    SampleType, SampledCounts, Site, Snapshot, Stats, Totals, UnknownSampleType, admit,
+    function_names, headroom, is_plumbing, peak_snapshot, snapshot, snapshot_older_than, stats,
 };
 pub use threads::{
     DEFAULT_THREAD_DUMP_SIGNAL, Missing, THREAD_DUMP_TIMEOUT, ThreadDump, ThreadDumpError,

@@ -29,7 +29,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -221,9 +221,25 @@ fn start(config: OomGuardConfig) -> Result<OomGuard, OomGuardError> {
     })
 }
 
+/// Bytes of the guards' reserves currently held (heap, not sampled).
+static RESERVED_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Heap bytes the OOM guards hold in reserve.
+pub(crate) fn reserved_bytes() -> u64 {
+    RESERVED_BYTES.load(Ordering::Relaxed)
+}
+
+/// A reserve of `bytes`, counted in [`reserved_bytes`] until [`release`]d.
 fn reserve(bytes: usize) -> Vec<u8> {
+    RESERVED_BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
     // Touch every page so it is resident (charged) now.
     vec![1u8; bytes]
+}
+
+/// Frees a reserve made by [`reserve`].
+fn release(reserve: &mut Vec<u8>) {
+    RESERVED_BYTES.fetch_sub(reserve.len() as u64, Ordering::Relaxed);
+    drop(std::mem::take(reserve));
 }
 
 fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) {
@@ -238,7 +254,7 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
                     armed[i] = false;
                     untracked(|| {
                         let freed = reserved.len() as u64;
-                        drop(std::mem::take(&mut reserved));
+                        release(&mut reserved);
                         dump(&config, t, freed);
                     });
                 } else if !armed[i] && fraction < t - rearm_gap {
@@ -252,6 +268,7 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
         }
         std::thread::park_timeout(config.interval);
     }
+    untracked(|| release(&mut reserved));
 }
 
 /// Writes the current and peak profiles for threshold `t`, then prunes.

@@ -6,13 +6,15 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `/debug/pprof/` | index page listing the profiles |
-//! | `/debug/pprof/heap` | gzipped pprof heap profile; `?debug=1` text, `?seconds=N` delta, `?gc=1` purge first |
+//! | `/debug/pprof/heap` | gzipped pprof heap profile; `?debug=1` text, `?seconds=N` delta, `?gc=1` purge first; heapprof's `?peak=1`, `?min_age=60s`, and `?resident=1` (a `resident_space` sample type that accounts for the whole RSS) |
 //! | `/debug/pprof/allocs` | the same, viewers start on `alloc_space` |
 //! | `/debug/pprof/profile?seconds=N` | gzipped pprof CPU profile (default 30 s) |
 //! | `/debug/pprof/goroutine` | every OS thread's current stack as Go's goroutine profile; `?debug=1` grouped text, `?debug=2` per-thread dump |
 //! | `/debug/pprof/block`, `mutex`, `threadcreate` | valid, always-empty profiles whose comment says why (Rust records no contention) |
 //! | `/debug/pprof/cmdline` | argv, NUL-separated |
 //! | `/debug/pprof/symbol` | Go's remote symbolization protocol |
+//! | `/debug/heapprof/leaks` | leak suspects from the growth history (JSON) |
+//! | `/debug/heapprof/sampling` | the estimates with the samples and sampling error behind them, the allocator's figures next to them, the live heap's resident bytes (JSON, read by `heapprof verify`) |
 //! | `/metrics` | Prometheus text exposition |
 //!
 //! ```no_run
@@ -42,6 +44,7 @@
 
 #![warn(missing_docs)]
 
+mod allocator;
 mod auth;
 mod config;
 mod cpu;

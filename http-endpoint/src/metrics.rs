@@ -30,12 +30,36 @@ pub(crate) async fn handler() -> Result<Response> {
 pub fn render() -> String {
     let snapshot = heapprof::snapshot();
     let totals = snapshot.totals();
-    let stats = snapshot.stats();
+    let stats = *snapshot.stats();
+    let samples: i64 = snapshot
+        .sites()
+        .iter()
+        .map(|s| s.sampled.alloc_objects)
+        .sum();
+    // The snapshot is the profiler's own heap: gone before the allocator
+    // is read.
+    drop(snapshot);
+    let inuse = heapprof::sampling::live_estimate(None);
     let mut out = Exposition::default();
     out.gauge(
         "heapprof_inuse_bytes",
         "Estimated bytes in live allocations (unbiased estimate from the sampled allocations).",
         totals.inuse_bytes,
+    );
+    out.gauge(
+        heapprof::wire::metric::INUSE_STANDARD_ERROR,
+        "Standard error of heapprof_inuse_bytes from the live samples (sampling error: about heapprof_inuse_bytes / sqrt(live samples) when objects are small).",
+        inuse.standard_error().round(),
+    );
+    out.counter(
+        heapprof::wire::metric::SAMPLED_ALLOCATIONS,
+        "Allocations sampled since the process started (the estimates stand on these).",
+        samples,
+    );
+    out.gauge(
+        heapprof::wire::metric::OWN_HEAP,
+        "Heap bytes the profiler's own work holds without sampling them (symbol cache, growth history, OOM-guard reserve), approximate.",
+        stats.own_heap_bytes,
     );
     out.gauge(
         "heapprof_inuse_objects",
@@ -136,9 +160,26 @@ pub fn render() -> String {
                 "jemalloc: Bytes of allocator metadata (stats.metadata).",
                 j.metadata,
             ),
+            (
+                metric::JEMALLOC_TCACHE,
+                "jemalloc: Bytes of freed objects cached in thread caches, counted in stats.allocated (stats.arenas.<all>.tcache_bytes).",
+                j.tcache,
+            ),
+            (
+                metric::JEMALLOC_INTERNAL,
+                "jemalloc: Bytes of its own structures allocated like objects (thread caches), counted in stats.allocated (stats.arenas.<all>.internal).",
+                j.internal,
+            ),
         ] {
             out.gauge(name, help, value);
         }
+    }
+    if let Some(g) = heapprof::sys::glibc::mallinfo2() {
+        out.gauge(
+            heapprof::wire::metric::GLIBC_ALLOCATED,
+            "glibc: Bytes of malloc chunks in use, arenas and mmapped (mallinfo2 uordblks + hblkhd).",
+            g.allocated(),
+        );
     }
     let process = heapprof::sys::procfs::self_status();
     out.gauge(
@@ -194,5 +235,9 @@ mod tests {
         assert!(text.contains("heapprof_process_resident_memory_bytes "));
         #[cfg(feature = "jemalloc")]
         assert!(text.contains("heapprof_jemalloc_allocated_bytes "));
+        #[cfg(feature = "jemalloc")]
+        assert!(text.contains("heapprof_jemalloc_tcache_bytes "));
+        assert!(text.contains("heapprof_glibc_allocated_bytes "));
+        assert!(text.contains("heapprof_inuse_bytes_standard_error "));
     }
 }

@@ -25,6 +25,9 @@ pub(crate) struct ProfileParams {
     /// `ages=1`: oldest and median live-sample age as sample labels
     /// (heapprof extension; `heapprof top` asks for it).
     pub ages: bool,
+    /// `resident=1`: the resident view, a `resident_space` sample type
+    /// that partitions the whole RSS (heapprof extension).
+    pub resident: bool,
 }
 
 impl ProfileParams {
@@ -33,7 +36,7 @@ impl ProfileParams {
     /// a 400 (which one was meant?).
     pub fn parse(query: Option<&str>, max_seconds: u64) -> Result<Self> {
         let mut params = ProfileParams::default();
-        let mut seen = [false; 6];
+        let mut seen = [false; 7];
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
             let index = match name {
@@ -43,6 +46,7 @@ impl ProfileParams {
                 "peak" => 3,
                 "min_age" => 4,
                 "ages" => 5,
+                "resident" => 6,
                 _ => continue,
             };
             if std::mem::replace(&mut seen[index], true) {
@@ -56,17 +60,27 @@ impl ProfileParams {
                 2 => params.gc = parse_flag("gc", value)?,
                 3 => params.peak = parse_flag("peak", value)?,
                 4 => params.min_age = Some(parse_age(value)?),
-                _ => params.ages = parse_flag("ages", value)?,
+                5 => params.ages = parse_flag("ages", value)?,
+                _ => params.resident = parse_flag("resident", value)?,
             }
         }
         let views = [
             params.seconds.is_some(),
             params.peak,
             params.min_age.is_some(),
+            params.resident,
         ];
         if views.iter().filter(|v| **v).count() > 1 {
             return Err(Error::BadRequest(
-                "seconds, peak and min_age select different views of the heap; send one of them"
+                "seconds, peak, min_age and resident select different views of the heap; \
+                 send one of them"
+                    .into(),
+            ));
+        }
+        if params.resident && params.text {
+            return Err(Error::BadRequest(
+                "resident=1 is served as protobuf only (its resident_space sample type has \
+                 no place in the debug=1 text format); drop debug=1"
                     .into(),
             ));
         }
@@ -148,6 +162,7 @@ mod tests {
     #[test]
     fn accepts_heapprof_extensions() {
         assert!(parse("peak=1").unwrap().peak);
+        assert!(parse("resident=1").unwrap().resident);
         assert!(parse("ages=1").unwrap().ages);
         assert_eq!(
             parse("min_age=60s").unwrap().min_age,
@@ -186,6 +201,9 @@ mod tests {
             ("min_age=99999h", "like 500ms"),
             ("peak=1&min_age=1s", "send one of them"),
             ("seconds=5&peak=1", "send one of them"),
+            ("resident=1&peak=1", "send one of them"),
+            ("resident=1&debug=1", "protobuf only"),
+            ("resident=2", "expected 0 or 1"),
         ] {
             let err = parse(q).unwrap_err();
             assert_eq!(err.status(), 400, "{q}");

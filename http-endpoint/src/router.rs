@@ -12,7 +12,7 @@ use axum::routing::get;
 use crate::auth::require_token;
 use crate::config::Config;
 use crate::error::Error;
-use crate::routes::{cmdline, empty, goroutine, heap, index, leaks, profile, symbol};
+use crate::routes::{cmdline, empty, goroutine, heap, index, leaks, profile, sampling, symbol};
 use crate::state::AppState;
 
 /// Every route of the endpoint with [`Config::from_env`] settings
@@ -50,6 +50,7 @@ pub(crate) fn build(config: &Config) -> Router {
             get(symbol::symbol).post(symbol::symbol),
         )
         .route("/debug/heapprof/leaks", get(leaks::leaks))
+        .route("/debug/heapprof/sampling", get(sampling::sampling))
         .with_state(AppState::new(config));
     with_auth(pprof.merge(metrics_routes()), config)
 }

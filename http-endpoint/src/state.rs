@@ -25,6 +25,8 @@ pub(crate) struct ProfileKey {
     pub min_age: Option<std::time::Duration>,
     /// Ages as sample labels.
     pub ages: bool,
+    /// The resident view.
+    pub resident: bool,
 }
 
 /// Shared by all routes of one router.

@@ -86,9 +86,47 @@ struct {
 	__type(value, struct totals);
 } totals SEC(".maps");
 
+/* Allocations in the window per (stack, family), freed or not: tells the
+ * profiler's own work apart (its stacks run through one marker function). */
+struct stack_key {
+	__s64 stack_id;
+	__u64 family;
+};
+
+struct stack_totals {
+	__u64 count;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct stack_key);
+	__type(value, struct stack_totals);
+} alloc_stacks SEC(".maps");
+
 /* Set by the loader: only this process is accounted (the attach is already
  * scoped to it; this is a second guard). */
 const volatile __u32 target_tgid = 0;
+
+/* control[0] != 0 while the window is open. The probes are attached before
+ * it opens and detached after it closes, so the window is two instants
+ * (attaching and detaching take hundreds of milliseconds, probe by probe).
+ * Entry probes always remember their arguments; what is counted is decided
+ * where an allocation returns and where a free enters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} control SEC(".maps");
+
+static __always_inline int counting(void)
+{
+	__u32 key = 0;
+	__u32 *open = bpf_map_lookup_elem(&control, &key);
+	return open && *open;
+}
 
 static __always_inline struct totals *family_totals(void *ctx)
 {
@@ -106,7 +144,7 @@ static __always_inline int ours(void)
 
 static __always_inline void hit(struct totals *t)
 {
-	if (t)
+	if (t && counting())
 		__sync_fetch_and_add(&t->probe_hits, 1);
 }
 
@@ -122,6 +160,8 @@ static __always_inline int enter_size(void *ctx, __u64 size)
 
 static __always_inline void record(void *ctx, __u64 addr, __u64 size)
 {
+	if (!counting())
+		return;
 	struct totals *t = family_totals(ctx);
 	struct alloc_info info = {};
 	info.size = size;
@@ -137,10 +177,23 @@ static __always_inline void record(void *ctx, __u64 addr, __u64 size)
 	}
 	__sync_fetch_and_add(&t->alloc_count, 1);
 	__sync_fetch_and_add(&t->alloc_bytes, size);
+	struct stack_key key = { .stack_id = info.stack_id, .family = info.family };
+	struct stack_totals *st = bpf_map_lookup_elem(&alloc_stacks, &key);
+	if (!st) {
+		struct stack_totals zero = {};
+		bpf_map_update_elem(&alloc_stacks, &key, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&alloc_stacks, &key);
+	}
+	if (st) {
+		__sync_fetch_and_add(&st->count, 1);
+		__sync_fetch_and_add(&st->bytes, size);
+	}
 }
 
 static __always_inline void forget(void *ctx, __u64 addr)
 {
+	if (!counting())
+		return;
 	struct totals *t = family_totals(ctx);
 	if (addr == 0 || !t)
 		return;

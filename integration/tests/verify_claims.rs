@@ -7,7 +7,10 @@ mod common;
 
 use std::process::Command;
 
-use common::{Target, TempDir, bpf_skipped_by_request, example, verify_json};
+use common::{
+    Target, TempDir, assert_agrees, assert_profiler_not_failed, assert_rss_partition,
+    bpf_skipped_by_request, example, verify_json,
+};
 
 const MIB: f64 = 1048576.0;
 
@@ -70,7 +73,33 @@ fn stealth_leak_claim_is_flagged_false() {
         .find(|k| k["name"] == "claim_vs_live_growth")
         .expect("claim_vs_live_growth check");
     assert_eq!(growth["ok"], false, "{growth:#}");
+    assert_eq!(growth["status"], "claim_false", "{growth:#}");
     assert_eq!(code, 1, "a false claim fails verify");
+
+    // The profiler is right, and verify says so: one window on both sides
+    // (readings that span more than the uprobes' window make a right
+    // profiler look 45-76% off), tolerances from the samples.
+    eprintln!("window: {}", report["window"]["statement"]);
+    let w = &report["window"];
+    let (opened, closed) = (
+        w["opened_ns"].as_u64().unwrap(),
+        w["closed_ns"].as_u64().unwrap(),
+    );
+    let (first, last) = (
+        w["profiler_first_ns"].as_u64().expect("first reading"),
+        w["profiler_last_ns"].as_u64().expect("last reading"),
+    );
+    assert!(opened <= first && first < last && last <= closed, "{w:#}");
+    assert!(
+        (first - opened) + (closed - last) < 500_000_000,
+        "the readings bracket the window within half a second: {w:#}"
+    );
+    assert_profiler_not_failed(&report);
+    for name in ["window_alloc", "window_inuse", "profiler_vs_jemalloc"] {
+        assert_agrees(&report, name);
+    }
+    assert_rss_partition(&report);
+    eprintln!("{}", report["reconciliation"]["detail"]["explanation"]);
 
     // The leaking stack: the top outstanding uprobe stack is the 1 MiB
     // buffers, and the kernel's frame-pointer walk of it (this repository
@@ -88,6 +117,10 @@ fn stealth_leak_claim_is_flagged_false() {
     assert!(
         uprobe_names.contains("stealth_leak::background_leak"),
         "the top outstanding uprobe stack does not name background_leak: {uprobe_names}"
+    );
+    assert_eq!(
+        top["frames"][0], "stealth_leak::background_leak",
+        "uprobe stacks start where profiles start, past heapprof's frames: {uprobe_names}"
     );
     assert!(
         profiler_names.contains("stealth_leak::background_leak"),

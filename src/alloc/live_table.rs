@@ -127,6 +127,13 @@ struct LiveCount(AtomicUsize);
 static LIVE: LiveCount = LiveCount(AtomicUsize::new(0));
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
+/// Addresses of the last [`FREED_KEPT`] sampled blocks freed, a ring: they
+/// say where the inner allocator keeps its memory beyond the live samples
+/// (`profile::resident`). One relaxed write per sampled free.
+const FREED_KEPT: usize = 4096;
+static FREED: [AtomicUsize; FREED_KEPT] = [const { AtomicUsize::new(0) }; FREED_KEPT];
+static FREED_NEXT: AtomicUsize = AtomicUsize::new(0);
+
 /// Whether `ptr` can be a sampled allocation: the one test on every free.
 #[inline(always)]
 pub(crate) fn may_be_sampled(ptr: *mut u8) -> bool {
@@ -179,6 +186,8 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Record> {
             let record = record_slot(b, way).read();
             key.store(EMPTY, Ordering::Release);
             LIVE.0.fetch_sub(1, Ordering::Relaxed);
+            let slot = FREED_NEXT.fetch_add(1, Ordering::Relaxed) % FREED_KEPT;
+            FREED[slot].store(addr, Ordering::Relaxed);
             return Some(record);
         }
     }
@@ -218,6 +227,11 @@ pub(crate) fn contains(ptr: *mut u8) -> bool {
 /// or removed meanwhile may or may not be seen; a record whose key changed
 /// while it was read is skipped.
 pub(crate) fn for_each(mut f: impl FnMut(&Record)) {
+    for_each_at(|_, record| f(record));
+}
+
+/// [`for_each`], with each allocation's address.
+pub(crate) fn for_each_at(mut f: impl FnMut(usize, &Record)) {
     for (b, bucket) in BUCKETS_TABLE.iter().enumerate() {
         for (way, key) in bucket.keys.iter().enumerate() {
             let k = key.load(Ordering::Acquire);
@@ -228,8 +242,20 @@ pub(crate) fn for_each(mut f: impl FnMut(&Record)) {
             // Order the reads of the record before the second key load.
             fence(Ordering::Acquire);
             if key.load(Ordering::Relaxed) == k {
-                f(&record);
+                f(k, &record);
             }
+        }
+    }
+}
+
+/// Calls `f` with the address of each of the last sampled blocks freed
+/// (up to [`FREED_KEPT`]; the allocator may have reused or, rarely,
+/// unmapped them since).
+pub(crate) fn for_each_freed(mut f: impl FnMut(usize)) {
+    for a in &FREED {
+        let addr = a.load(Ordering::Relaxed);
+        if addr != 0 {
+            f(addr);
         }
     }
 }
@@ -247,6 +273,20 @@ pub(crate) fn dropped() -> u64 {
 /// Bytes the table reserves (virtual; pages are touched as samples land).
 pub(crate) const fn reserved_bytes() -> usize {
     core::mem::size_of::<[Bucket; BUCKETS]>() + core::mem::size_of::<[Slot; CAPACITY]>()
+}
+
+/// The table's two arrays: (address, bytes) of each.
+pub(crate) fn ranges() -> [(usize, usize); 2] {
+    [
+        (
+            BUCKETS_TABLE.as_ptr() as usize,
+            core::mem::size_of::<[Bucket; BUCKETS]>(),
+        ),
+        (
+            RECORDS.as_ptr() as usize,
+            core::mem::size_of::<[Slot; CAPACITY]>(),
+        ),
+    ]
 }
 
 #[cfg(test)]
@@ -282,6 +322,9 @@ mod tests {
         let got = remove(p).expect("present");
         assert_eq!((got.site, got.weight_fx, got.born_ns), (7, 300, 42));
         assert!(remove(p).is_none());
+        let mut freed = Vec::new();
+        for_each_freed(|a| freed.push(a));
+        assert!(freed.contains(&(p as usize)), "remembered as freed");
     }
 
     #[test]

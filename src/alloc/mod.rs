@@ -18,7 +18,7 @@ pub(crate) mod config;
 mod env;
 pub(crate) mod fork;
 pub(crate) mod live_table;
-mod pages;
+pub(crate) mod pages;
 pub(crate) mod peak;
 mod profiler;
 pub(crate) mod reentrancy;

@@ -1,12 +1,25 @@
 //! Memory for the profiler's own tables: anonymous mappings outside the
 //! heap, so the tables work from inside the global allocator, and so the
-//! profiler's own memory is exact to report.
+//! profiler's own memory is exact to report. The first [`MAX_RANGES`]
+//! mappings are remembered ([`ranges`]) so that their resident pages can
+//! be told apart from the rest of the process's (`sys::partition`).
 
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes mapped by [`map_zeroed`] so far (never unmapped).
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Mappings remembered. The site table maps one index, at most 32
+/// chunks and its stacks in 256 KiB blocks (64 of them at the largest
+/// bound): all fit.
+const MAX_RANGES: usize = 256;
+
+/// (address, bytes) of each mapping, in the order made; `RANGES_CLAIMED`
+/// counts the slots taken (an address of 0 is not published yet).
+static RANGES: [(AtomicUsize, AtomicUsize); MAX_RANGES] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; MAX_RANGES];
+static RANGES_CLAIMED: AtomicUsize = AtomicUsize::new(0);
 
 /// An anonymous zero-filled mapping of `bytes`, counted in the profiler's
 /// own memory; `None` if the kernel refuses.
@@ -27,7 +40,23 @@ pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
         return None;
     }
     MAPPED.fetch_add(bytes, Ordering::Relaxed);
+    let slot = RANGES_CLAIMED.fetch_add(1, Ordering::Relaxed);
+    if let Some((start, len)) = RANGES.get(slot) {
+        len.store(bytes, Ordering::Relaxed);
+        // Published last: a reader that sees the address sees the length.
+        start.store(p as usize, Ordering::Release);
+    }
     Some(p.cast())
+}
+
+/// Calls `f(address, bytes)` for each remembered mapping.
+pub(crate) fn ranges(mut f: impl FnMut(usize, usize)) {
+    for (start, len) in &RANGES {
+        let start = start.load(Ordering::Acquire);
+        if start != 0 {
+            f(start, len.load(Ordering::Relaxed));
+        }
+    }
 }
 
 /// Bytes the profiler has mapped for its tables (virtual; pages become

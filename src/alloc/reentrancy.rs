@@ -51,6 +51,11 @@ impl Drop for Reentrancy {
 /// Runs `f` with the current thread's allocations unsampled. Used around
 /// snapshot and profile building so the profiler's own work does not appear
 /// in the profiles it writes. Nested calls are fine.
+///
+/// Never inlined: its frame marks every allocation of the profiler's own
+/// work for observers outside the process
+/// (`symbolize::PROFILER_WORK_FRAME`).
+#[inline(never)]
 pub(crate) fn untracked<T>(f: impl FnOnce() -> T) -> T {
     let _guard = Reentrancy::enter();
     f()

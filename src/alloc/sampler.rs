@@ -175,6 +175,20 @@ pub(crate) fn weight_fx(size: usize, rate: u64) -> u64 {
     ((WEIGHT_ONE as f64) / p).round().max(WEIGHT_ONE as f64) as u64
 }
 
+/// The variance one sample of `size` bytes with weight `weight_fx` adds to
+/// an estimate of bytes, estimated from the sample itself: `size² · w ·
+/// (w - 1)` with `w = 1 / p(size)` (see `profile::estimate`). 0 at rate 1.
+pub(crate) fn sample_variance(size: u64, weight_fx: u64) -> f64 {
+    variance_of(size as f64, weight_fx as f64 / WEIGHT_ONE as f64)
+}
+
+/// [`sample_variance`] for a sample that counts `bytes` (its size, or a
+/// part of it such as its resident bytes) and stands for `weight`
+/// allocations.
+pub(crate) fn variance_of(bytes: f64, weight: f64) -> f64 {
+    bytes * bytes * weight * (weight - 1.0).max(0.0)
+}
+
 /// Estimated bytes a sampled allocation of `size` stands for, given its
 /// weight. The same inputs always give the same result, so the free of a
 /// sample subtracts exactly what its allocation added.
@@ -227,6 +241,16 @@ mod tests {
         assert!((w - 32768.5).abs() < 1.0, "{w}");
         assert_eq!(weighted_bytes(WEIGHT_ONE, 4096), 4096);
         assert_eq!(weighted_bytes(WEIGHT_ONE * 3 / 2, 10), 15);
+    }
+
+    #[test]
+    fn a_small_sample_adds_about_the_rate_squared() {
+        let rate = 512 * 1024u64;
+        let v = sample_variance(16, weight_fx(16, rate));
+        let r = rate as f64;
+        assert!((v / (r * r) - 1.0).abs() < 0.01, "{v}");
+        assert_eq!(sample_variance(1 << 30, weight_fx(1 << 30, rate)), 0.0);
+        assert_eq!(sample_variance(100, weight_fx(100, 1)), 0.0);
     }
 
     #[test]

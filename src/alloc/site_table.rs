@@ -313,9 +313,21 @@ pub(crate) fn fork_release() {
 /// Estimated in-use bytes of the whole process, from the samples.
 static INUSE_BYTES: AtomicI64 = AtomicI64::new(0);
 
+/// Sum of [`sampler::sample_variance`](super::sampler::sample_variance)
+/// over every sampled allocation since start, in [`VARIANCE_UNIT`]s: the
+/// variance of the estimate of bytes allocated. Its change over a window
+/// is the variance of the window's estimate.
+static ALLOC_VARIANCE: AtomicU64 = AtomicU64::new(0);
+
+/// Unit of [`ALLOC_VARIANCE`], bytes². A sample at the default rate adds
+/// about 2^28 units, so the counter lasts 2^36 samples.
+const VARIANCE_UNIT: f64 = 1024.0;
+
 /// Adds one sampled allocation of `size` bytes with weight `weight_fx`.
 pub(crate) fn record_alloc(site: u32, size: usize, weight_fx: u64) {
     let Some(c) = counters(site) else { return };
+    let variance = super::sampler::sample_variance(size as u64, weight_fx);
+    ALLOC_VARIANCE.fetch_add((variance / VARIANCE_UNIT).round() as u64, Ordering::Relaxed);
     let bytes = c.alloc.add(size, weight_fx) as i64;
     let inuse = INUSE_BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
     super::peak::on_inuse(inuse);
@@ -331,6 +343,11 @@ pub(crate) fn record_free(site: u32, size: usize, weight_fx: u64) {
 /// Estimated in-use bytes of the process (sum over sites).
 pub(crate) fn inuse_bytes() -> i64 {
     INUSE_BYTES.load(Ordering::Relaxed)
+}
+
+/// The variance of the estimate of bytes allocated since start, bytes².
+pub(crate) fn alloc_variance() -> f64 {
+    ALLOC_VARIANCE.load(Ordering::Relaxed) as f64 * VARIANCE_UNIT
 }
 
 /// Number of site ids in use (including the overflow site).

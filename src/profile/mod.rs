@@ -9,8 +9,11 @@
 //! profiles it writes.
 
 mod admission;
+pub(crate) mod estimate;
+pub(crate) mod live;
 mod mappings;
 mod proto;
+pub(crate) mod resident;
 mod site;
 mod snapshot;
 mod stats;
@@ -20,7 +23,7 @@ pub(crate) mod writer;
 
 pub(crate) use admission::admit_within;
 pub use admission::{Admission, BuildKind, BuildMode, NoRoom, admit, headroom};
-pub use proto::SITE_TABLE_FULL;
+pub use proto::{RESIDENT_SPACE, SITE_TABLE_FULL};
 pub use site::{SampleType, SampledCounts, Site, Totals, UnknownSampleType};
 pub use snapshot::{PprofOptions, Snapshot, peak_snapshot, snapshot, snapshot_older_than};
 pub use stats::{Stats, stats};

@@ -33,6 +33,11 @@ pub struct Stats {
     /// Approximate heap bytes of the symbol cache (part of
     /// `own_memory_bytes`).
     pub symbol_cache_bytes: u64,
+    /// Heap bytes the profiler's own work holds, which it does not sample
+    /// (so they are in the allocator's figures and not in the profile):
+    /// the symbol cache, the growth history and the OOM guard's reserve.
+    /// Approximate for the first two.
+    pub own_heap_bytes: u64,
     /// Total time spent symbolizing, in nanoseconds.
     pub symbolization_ns: u64,
     /// Estimated in-use heap bytes of the process, from the samples.
@@ -67,6 +72,9 @@ pub fn stats() -> Stats {
             + symbol_cache_bytes,
         symbol_cache_entries,
         symbol_cache_bytes,
+        own_heap_bytes: symbol_cache_bytes
+            + crate::history::heap_bytes()
+            + crate::oom_guard::reserved_bytes(),
         symbolization_ns,
         estimated_inuse_bytes: site_table::inuse_bytes(),
         peak_inuse_bytes: crate::alloc::peak::peak_inuse_bytes(),

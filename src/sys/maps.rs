@@ -1,5 +1,18 @@
 //! `/proc/PID/maps` and `/proc/PID/smaps`: a process's mappings, with the
-//! resident sizes `smaps` adds.
+//! resident sizes `smaps` adds, and what backs each one.
+//!
+//! # What backs a mapping
+//!
+//! Resident pages come in three kinds, the three RSS counters of
+//! `/proc/PID/status`: anonymous (`RssAnon`), file (`RssFile`) and shared
+//! memory (`RssShmem`, tmpfs pages). `smaps` gives each mapping's `Rss` and
+//! the `Anonymous` part of it (for a private file mapping: the pages
+//! written since, copies on write); the rest of a mapping's `Rss` is the
+//! page cache of what backs it: shared memory when that is tmpfs
+//! (`MAP_SHARED|MAP_ANONYMOUS` shows as `/dev/zero (deleted)`, POSIX shared
+//! memory as `/dev/shm/...`, `memfd_create` as `/memfd:...`, System V as
+//! `/SYSV...`), file pages otherwise. The few special pages of `[vdso]` and
+//! the like count as file pages.
 
 /// One line of `/proc/PID/maps`, with the `smaps` sizes when read from there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +48,38 @@ impl Mapping {
     pub fn contains(&self, addr: u64) -> bool {
         self.start <= addr && addr < self.end
     }
+
+    /// What backs the mapping's resident pages that are not `Anonymous`
+    /// (see the module docs).
+    pub fn backing(&self) -> Backing {
+        const SHMEM: [&str; 5] = ["/dev/zero", "/dev/shm/", "/memfd:", "/SYSV", "[anon_shmem"];
+        if SHMEM.iter().any(|p| self.path.starts_with(p)) {
+            Backing::Shmem
+        } else if self.path.starts_with('/') {
+            Backing::File
+        } else {
+            Backing::Anonymous
+        }
+    }
+
+    /// Resident bytes that are not anonymous: file or shared-memory pages,
+    /// per [`Mapping::backing`].
+    pub fn rss_not_anonymous(&self) -> u64 {
+        self.rss.saturating_sub(self.anonymous)
+    }
+}
+
+/// What backs a mapping (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// Nothing: anonymous memory (`[heap]`, `[stack]`, thread stacks,
+    /// allocator arenas, other `mmap`s) and special mappings (`[vdso]`).
+    Anonymous,
+    /// A file (its resident pages are page cache).
+    File,
+    /// tmpfs: shared anonymous memory, POSIX and System V shared memory,
+    /// memfds.
+    Shmem,
 }
 
 /// Parses `/proc/PID/maps` or `/proc/PID/smaps` (sizes filled for smaps).
@@ -128,6 +173,32 @@ Anonymous:            20 kB
         assert_eq!(maps[0].start, 0x55d0_c0a2_e000);
         assert_eq!(maps[0].offset, 0x2e000);
         assert_eq!(maps[1].path, "/lib/x86_64-linux-gnu/libc.so.6");
+    }
+
+    #[test]
+    fn backing_of_mappings() {
+        let maps = parse_maps(
+            "\
+7f0000000000-7f0000001000 rw-s 00000000 00:01 5 /dev/zero (deleted)
+7f0000001000-7f0000002000 rw-s 00000000 00:19 6 /dev/shm/queue
+7f0000002000-7f0000003000 rw-s 00000000 00:01 7 /memfd:ring (deleted)
+7f0000003000-7f0000004000 r--p 00000000 fe:01 8 /usr/lib/libc.so.6
+7f0000004000-7f0000005000 rw-p 00000000 00:00 0
+7f0000005000-7f0000006000 r-xp 00000000 00:00 0 [vdso]
+",
+        );
+        let kinds: Vec<Backing> = maps.iter().map(Mapping::backing).collect();
+        assert_eq!(
+            kinds,
+            [
+                Backing::Shmem,
+                Backing::Shmem,
+                Backing::Shmem,
+                Backing::File,
+                Backing::Anonymous,
+                Backing::Anonymous
+            ]
+        );
     }
 
     #[test]

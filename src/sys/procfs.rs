@@ -193,6 +193,12 @@ pub struct ProcessMemory {
     /// CPU time used so far, in clock ticks.
     #[serde(skip)]
     pub cpu_ticks: u64,
+    /// The mappings, from `smaps` (for [`crate::sys::partition`]).
+    #[serde(skip)]
+    pub mappings: Vec<Mapping>,
+    /// Indices in `mappings` of the thread stacks.
+    #[serde(skip)]
+    pub stack_mappings: Vec<usize>,
 }
 
 /// Reads a process's memory picture from `/proc/PID`.
@@ -268,6 +274,8 @@ pub fn read_process(fs: &Fs, pid: u32) -> Result<ProcessMemory, ProcError> {
         brk_heap_rss,
         anon_other_rss: anon_total.saturating_sub(stack_anon),
         cpu_ticks,
+        mappings: maps,
+        stack_mappings: stack_idx,
     })
 }
 

@@ -6,8 +6,16 @@
 //! (Go's delta profile); it holds one snapshot while it waits, so at most
 //! [`crate::Config::max_delta_requests`] wait at once. heapprof adds two
 //! views Go lacks: `?peak=1`, the profile at the high-water mark of the heap
-//! (a spike that is gone again), and `?min_age=60s`, in-use values from
-//! live allocations at least that old (the shape of a leak).
+//! (a spike that is gone again), `?min_age=60s`, in-use values from
+//! live allocations at least that old (the shape of a leak), and
+//! `?resident=1`, the resident view: a `resident_space` sample type that
+//! partitions the whole RSS, with virtual root frames for what is not
+//! heap (`heapprof::PprofOptions::resident`). Measuring it takes one
+//! `mincore` per live sample and a read of `/proc/self/smaps`, whose
+//! parsed form (one entry per mapping) is the only memory it adds to a
+//! heap build: about 1.1 MiB more anonymous RSS than a plain heap profile
+//! and no higher peak, in a process of 50 MiB with 66 live samples
+//! (`cargo test --test resident_view -- --nocapture`).
 
 use std::time::Duration;
 
@@ -58,6 +66,7 @@ async fn serve(state: AppState, query: Option<String>, allocs: bool) -> Result<R
         peak: params.peak,
         min_age: params.min_age,
         ages: params.ages,
+        resident: params.resident,
     };
     let builder = state.clone();
     let (outcome, _started) = state.0.flights.run(key, move || build(builder, key)).await;
@@ -111,6 +120,7 @@ async fn delta(state: &AppState, window: Duration, allocs: bool, gc: bool) -> Re
             peak: false,
             min_age: None,
             ages: false,
+            resident: false,
         };
         let delta = heapprof::snapshot().delta_since(&base);
         Ok(encode(&delta, key, admission.symbolize()))
@@ -119,7 +129,10 @@ async fn delta(state: &AppState, window: Duration, allocs: bool, gc: bool) -> Re
 }
 
 fn encode(snapshot: &Snapshot, key: ProfileKey, symbolize: bool) -> Bytes {
-    let mut options = PprofOptions::new().ages(key.ages).symbolize(symbolize);
+    let mut options = PprofOptions::new()
+        .ages(key.ages)
+        .symbolize(symbolize)
+        .resident(key.resident);
     if key.text {
         return snapshot.to_text_with(&options).into();
     }

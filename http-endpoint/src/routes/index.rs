@@ -32,8 +32,10 @@ const PROFILES: &[(&str, &str, &str)] = &[
         "heap?debug=1",
         "A sampling of memory allocations of live objects. You can specify the gc GET \
          parameter to release unused allocator memory before taking the heap sample. heapprof \
-         adds peak=1 (the heap at its high-water mark) and min_age=60s (only live \
-         allocations at least that old); leak suspects are at /debug/heapprof/leaks.",
+         adds peak=1 (the heap at its high-water mark), min_age=60s (only live \
+         allocations at least that old) and resident=1 (a resident_space sample type that \
+         accounts for the whole RSS); leak suspects are at /debug/heapprof/leaks, the \
+         samples behind the estimates at /debug/heapprof/sampling.",
     ),
     (
         "mutex",

@@ -7,6 +7,7 @@ pub(crate) mod heap;
 pub(crate) mod index;
 pub(crate) mod leaks;
 pub(crate) mod profile;
+pub(crate) mod sampling;
 pub(crate) mod symbol;
 
 use axum::body::Bytes;

@@ -9,8 +9,23 @@
 //!   in the executable. Rust's deallocations go to `_rjem_sdallocx(ptr,
 //!   size, flags)`; the recorded size is used, not its argument.
 //!
-//! Only allocations made while the probes are attached are seen: older
-//! ones, and frees of them (counted as `free_unknown`), are invisible.
+//! The window is two instants: the probes are attached first, then
+//! [`Session::open`] starts the counting (one map write), [`Session::close`]
+//! stops it, and only then are the probes detached (attaching and
+//! detaching take hundreds of milliseconds, probe by probe, during which a
+//! window would be half open). Only allocations made while the window is
+//! open are seen: older ones, and frees of them (counted as
+//! `free_unknown`), are invisible.
+//!
+//! Stacks are the kernel's frame-pointer walk from the allocator's return
+//! (the allocator's caller first). They are trimmed the way heapprof's
+//! profiles are (`heapprof::sampling::first_kept_frame`): the profiler's
+//! frames and the allocation plumbing go from the top, so the first frame
+//! is the function that asked for memory. Allocations the profiler makes
+//! for its own work (answering the endpoint, symbolizing) run under one
+//! marker function (`heapprof::sampling::PROFILER_WORK_FRAME`); those are
+//! counted apart per family (`own_*`), because the profiler, by design,
+//! does not sample them.
 //! Each probe hit traps into the kernel: several microseconds per hit, so a
 //! malloc-heavy target slows down by orders of magnitude while attached.
 //! glibc's `free` starts with `test %rdi,%rdi`, which the kernel cannot
@@ -28,6 +43,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use super::error::BpfError;
 use crate::symbols::{ElfSymbols, PROLOGUE_BYTES, Symbolizer};
+use heapprof::sampling::{first_kept_frame, is_profiler_work};
 use heapprof::sys::maps::{Mapping, parse_maps};
 use heapprof::sys::procfs::parse_stat_cpu_ticks;
 
@@ -98,6 +114,28 @@ struct Totals {
 
 // SAFETY: repr(C), only u64 fields, no padding; any bit pattern is valid.
 unsafe impl aya::Pod for Totals {}
+
+/// Mirrors `struct stack_key` in uprobes.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StackKey {
+    stack_id: i64,
+    family: u64,
+}
+
+// SAFETY: repr(C), two 8-byte integers, no padding; any bit pattern is valid.
+unsafe impl aya::Pod for StackKey {}
+
+/// Mirrors `struct stack_totals` in uprobes.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct StackTotals {
+    count: u64,
+    bytes: u64,
+}
+
+// SAFETY: repr(C), only u64 fields, no padding; any bit pattern is valid.
+unsafe impl aya::Pod for StackTotals {}
 
 /// An allocator family: cookie, name, `(symbol, kind)` pairs.
 struct Family {
@@ -191,6 +229,17 @@ pub struct FamilyCounts {
     pub live_bytes: u64,
     /// Probe invocations (entries).
     pub probe_hits: u64,
+    /// Allocations whose stack the kernel could not capture (not
+    /// attributed to anyone).
+    pub stack_errors: u64,
+    /// Of `alloc_count`, allocations of the profiler's own work.
+    pub own_alloc_count: u64,
+    /// Their bytes.
+    pub own_alloc_bytes: u64,
+    /// Of `live_count`, the profiler's own still live.
+    pub own_live_count: u64,
+    /// Their bytes.
+    pub own_live_bytes: u64,
 }
 
 /// One stack with outstanding allocations.
@@ -202,7 +251,9 @@ pub struct LiveStack {
     pub bytes: u64,
     /// Live allocations.
     pub count: u64,
-    /// Function names, innermost first.
+    /// Function names, innermost first, from the function that asked
+    /// for memory (the profiler's frames and the allocation plumbing
+    /// trimmed, as in profiles).
     pub frames: Vec<String>,
 }
 
@@ -225,15 +276,18 @@ pub struct UprobeReport {
     pub note: String,
 }
 
-/// Probes attached to one process; [`Session::finish`] detaches and reports.
+/// Probes attached to one process: [`Session::open`] and
+/// [`Session::close`] bound the window, [`Session::finish`] detaches and
+/// reports.
 pub struct Session {
     ebpf: Ebpf,
     pid: u32,
     links: Vec<(&'static str, UProbeLinkId)>,
     families: Vec<FamilyCounts>,
-    started: Instant,
+    /// When the window opened, while it is open.
+    opened: Option<Instant>,
     attach_ms: f64,
-    /// CPU ticks of the target at attach, then used in the window.
+    /// CPU ticks of the target when the window opened, then used in it.
     cpu_ticks: u64,
     window: Duration,
     /// The target's mappings at attach time, for symbolizing if it exits.
@@ -392,21 +446,49 @@ impl Session {
             pid,
             links,
             families,
-            started: Instant::now(),
+            opened: None,
             attach_ms: t0.elapsed().as_secs_f64() * 1e3,
-            cpu_ticks: cpu_ticks(pid),
+            cpu_ticks: 0,
             window: Duration::ZERO,
             maps,
         })
     }
 
-    /// Ends the window: detaches the probes (the counts stay readable).
-    pub fn detach(&mut self) {
-        if self.links.is_empty() {
+    fn set_counting(&mut self, on: bool) -> Result<(), BpfError> {
+        let map = self
+            .ebpf
+            .map_mut("control")
+            .ok_or_else(|| missing("map", "control"))?;
+        let mut control: Array<_, u32> = Array::try_from(map).map_err(BpfError::map("control"))?;
+        control
+            .set(0, u32::from(on), 0)
+            .map_err(BpfError::map("control"))
+    }
+
+    /// Opens the window: from now on the probes count.
+    pub fn open(&mut self) -> Result<(), UprobeError> {
+        self.cpu_ticks = cpu_ticks(self.pid);
+        self.set_counting(true)?;
+        self.opened = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Closes the window: from now on the probes count nothing (the counts
+    /// stay readable). Idempotent.
+    pub fn close(&mut self) {
+        let Some(opened) = self.opened.take() else {
             return;
-        }
-        self.window = self.started.elapsed();
+        };
+        // If the write failed the probes go on counting until detached,
+        // and the window reported is the one measured here.
+        let _ = self.set_counting(false);
+        self.window = opened.elapsed();
         self.cpu_ticks = cpu_ticks(self.pid).saturating_sub(self.cpu_ticks);
+    }
+
+    /// Closes the window if open and detaches the probes.
+    pub fn detach(&mut self) {
+        self.close();
         for (name, link) in std::mem::take(&mut self.links) {
             if let Some(p) = self.ebpf.program_mut(name) {
                 let p: Result<&mut UProbe, _> = p.try_into();
@@ -433,6 +515,10 @@ impl Session {
         let stacks: StackTraceMap<_> =
             StackTraceMap::try_from(self.map("stacks")?).map_err(BpfError::map("stacks"))?;
 
+        let alloc_stacks: BpfHashMap<_, StackKey, StackTotals> =
+            BpfHashMap::try_from(self.map("alloc_stacks")?)
+                .map_err(BpfError::map("alloc_stacks"))?;
+
         let mut families = self.families.clone();
         let mut by_stack: HashMap<(u64, i64), (u64, u64)> = HashMap::new();
         for entry in live.iter() {
@@ -440,6 +526,27 @@ impl Session {
             let e = by_stack.entry((info.family, info.stack_id)).or_default();
             e.0 += info.size;
             e.1 += 1;
+        }
+        let mut sym = Symbolizer::new(self.pid, maps);
+        let mut frames_of = |id: i64| -> Option<Vec<String>> {
+            let st = stacks.get(&u32::try_from(id).ok()?, 0).ok()?;
+            Some(st.frames().iter().map(|f| sym.name(f.ip)).collect())
+        };
+        // Which stacks are the profiler's own work, decided once per stack.
+        let mut own: HashMap<i64, bool> = HashMap::new();
+        let mut is_own = |id: i64, frames_of: &mut dyn FnMut(i64) -> Option<Vec<String>>| {
+            *own.entry(id).or_insert_with(|| {
+                frames_of(id).is_some_and(|f| f.iter().any(|n| is_profiler_work(n)))
+            })
+        };
+        let mut own_alloc: HashMap<u64, (u64, u64)> = HashMap::new();
+        for entry in alloc_stacks.iter() {
+            let Ok((key, t)) = entry else { continue };
+            if key.stack_id >= 0 && is_own(key.stack_id, &mut frames_of) {
+                let e = own_alloc.entry(key.family).or_default();
+                e.0 += t.count;
+                e.1 += t.bytes;
+            }
         }
         for f in &mut families {
             let cookie = FAMILIES
@@ -454,24 +561,32 @@ impl Session {
             f.free_unknown = t.free_unknown;
             f.dropped = t.dropped;
             f.probe_hits = t.probe_hits;
-            for ((fam, _), (bytes, count)) in &by_stack {
+            f.stack_errors = t.stack_errors;
+            (f.own_alloc_count, f.own_alloc_bytes) =
+                own_alloc.get(&cookie).copied().unwrap_or_default();
+            for ((fam, id), (bytes, count)) in &by_stack {
                 if *fam == cookie {
                     f.live_bytes += bytes;
                     f.live_count += count;
+                    if *id >= 0 && is_own(*id, &mut frames_of) {
+                        f.own_live_bytes += bytes;
+                        f.own_live_count += count;
+                    }
                 }
             }
         }
         let mut rows: Vec<((u64, i64), (u64, u64))> = by_stack.into_iter().collect();
         rows.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
-        let mut sym = Symbolizer::new(self.pid, maps);
+        let probed: Vec<&str> = FAMILIES
+            .iter()
+            .flat_map(|f| f.symbols.iter().map(|&(name, _)| name))
+            .collect();
         let top_stacks = rows
             .into_iter()
             .take(top)
             .map(|((fam, id), (bytes, count))| {
-                let frames = u32::try_from(id)
-                    .ok()
-                    .and_then(|id| stacks.get(&id, 0).ok())
-                    .map(|st| st.frames().iter().map(|f| sym.name(f.ip)).collect())
+                let frames = frames_of(id)
+                    .map(|frames| trimmed(frames, &probed))
                     .unwrap_or_else(|| vec!["[stack unavailable]".to_string()]);
                 LiveStack {
                     family: FAMILIES
@@ -507,6 +622,20 @@ impl Session {
     }
 }
 
+/// A uprobe stack (innermost first) from the function that asked for
+/// memory: the probed entry points, then what profiles trim
+/// (`first_kept_frame`), removed from the top.
+fn trimmed(mut frames: Vec<String>, probed: &[&str]) -> Vec<String> {
+    let entry = frames
+        .iter()
+        .take_while(|f| probed.contains(&f.as_str()))
+        .count();
+    frames.drain(..entry);
+    let first = first_kept_frame(&frames);
+    frames.drain(..first);
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +669,33 @@ mod tests {
         );
         // cmp $0x10,%rdi; jbe
         assert_eq!(probe_offset(code(&[0x48, 0x83, 0xff, 0x10, 0x76, 0x05])), 4);
+    }
+
+    #[test]
+    fn stacks_start_where_profiles_start() {
+        let stack = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let probed = ["_rjem_malloc", "malloc"];
+        // A sampled allocation: the profiler's frames, then the plumbing.
+        let sampled = stack(&[
+            "heapprof::alloc::profiler::Profiler<A>::alloc_sampled",
+            "__rust_alloc",
+            "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
+            "<u8 as alloc::vec::spec_from_elem::SpecFromElem>::from_elem",
+            "stealth_leak::background_leak",
+            "std::sys::backtrace::__rust_begin_short_backtrace",
+        ]);
+        assert_eq!(
+            trimmed(sampled, &probed),
+            stack(&[
+                "stealth_leak::background_leak",
+                "std::sys::backtrace::__rust_begin_short_backtrace"
+            ])
+        );
+        // A C caller of malloc keeps its frames; a probed entry goes.
+        assert_eq!(
+            trimmed(stack(&["malloc", "leak_here", "main"]), &probed),
+            stack(&["leak_here", "main"])
+        );
     }
 
     #[test]

@@ -4,10 +4,57 @@ use std::fmt::Write;
 
 use heapprof::sys::cgroup::CgroupMemory;
 
+use heapprof::sampling::Estimate;
+use heapprof::wire::AllocatorDocument;
+
 use super::{bytes, rows, signed};
 use crate::bpf::tracepoints::{self, KernelReport};
 use crate::bpf::uprobes::UprobeReport;
+use crate::verify::check::{MAX_JUDGED_RSE, SAMPLING_Z, Status};
 use crate::verify::{ProfilerWindow, VerifyReport};
+
+/// An estimate with its error: `12.3 MiB ± 1.1 MiB (40 samples)`.
+fn estimate(e: &Estimate) -> String {
+    format!(
+        "{} ± {} ({} samples)",
+        bytes(e.bytes),
+        bytes(e.standard_error()),
+        e.samples
+    )
+}
+
+/// How to read the verdicts, printed once under the checks.
+fn verdict_legend(tolerance: Option<f64>) -> String {
+    format!(
+        "verdicts: checks of the profiler allow {SAMPLING_Z} standard errors of its estimate \
+         (from the samples behind it, at least one sample rate) plus --tolerance{}; \
+         \"not enough samples to judge\" means the standard error is above {:.0}% of what is \
+         measured (a short window or a small heap for the rate), not that anything is wrong; \
+         only \"disagrees\" and a false claim fail verify (exit status 1)",
+        tolerance.map_or(String::new(), |t| format!(" ({t}%)")),
+        MAX_JUDGED_RSE * 100.0
+    )
+}
+
+fn render_allocator(out: &mut String, a: &AllocatorDocument) {
+    let _ = writeln!(out, "allocator ({}), as the profile counts", a.name);
+    rows(
+        out,
+        2,
+        &[
+            ("handed out", bytes(a.allocated as f64)),
+            ("  in thread caches", bytes(a.cached as f64)),
+            ("  the allocator's own", bytes(a.internal as f64)),
+            (
+                "  sampled blocks' page alignment",
+                bytes(a.sampled_block_extra as f64),
+            ),
+            ("  heapprof's own heap", bytes(a.profiler_own as f64)),
+            ("program's live heap", bytes(a.comparable as f64)),
+            ("profiler's estimate", estimate(&a.estimate)),
+        ],
+    );
+}
 
 /// The report as text.
 pub fn render(r: &VerifyReport) -> String {
@@ -25,7 +72,13 @@ pub fn render(r: &VerifyReport) -> String {
         if let Some(j) = p.jemalloc_resident {
             v.push(("jemalloc resident", bytes(j as f64)));
         }
+        if let Some(rate) = r.sample_rate {
+            v.push(("sample rate", bytes(rate as f64)));
+        }
         rows(&mut out, 2, &v);
+    }
+    if let Some(a) = &r.allocator {
+        render_allocator(&mut out, a);
     }
     if let Some(p) = &r.process {
         let _ = writeln!(out, "process {} ({})", p.pid, p.cmdline);
@@ -83,12 +136,26 @@ pub fn render(r: &VerifyReport) -> String {
         }
     }
     if let Some(x) = &r.reconciliation {
+        let d = &x.detail;
         let _ = writeln!(
             out,
-            "RSS explained ({}, {} threads)",
+            "RSS explained ({}, {} threads), page by page from smaps",
             bytes(x.rss as f64),
             x.threads
         );
+        let heap = match &d.heap_estimate {
+            Some(e) => format!(
+                "{} (measured resident: {}{})",
+                bytes(x.live_heap as f64),
+                estimate(e),
+                if d.heap_capped {
+                    "; more than the allocator's mappings hold"
+                } else {
+                    ""
+                }
+            ),
+            None => format!("{} ({})", bytes(x.live_heap as f64), d.heap_source),
+        };
         rows(
             &mut out,
             2,
@@ -96,21 +163,41 @@ pub fn render(r: &VerifyReport) -> String {
                 ("file pages", bytes(x.file as f64)),
                 ("shared memory", bytes(x.shmem as f64)),
                 ("thread stacks", bytes(x.thread_stacks as f64)),
+                ("live heap", heap),
                 (
-                    "live heap",
-                    format!("{} ({})", bytes(x.live_heap as f64), x.heap_source),
+                    "allocator retained",
+                    format!(
+                        "{} ({} mappings known to be the allocator's)",
+                        bytes(x.allocator_retained as f64),
+                        d.allocator_mappings
+                    ),
                 ),
-                ("allocator retained", bytes(x.allocator_retained as f64)),
-                ("other anonymous (unexplained)", bytes(x.other_anon as f64)),
+                ("heapprof tables", bytes(x.profiler as f64)),
+                (
+                    "other anonymous (the rest, measured)",
+                    bytes(x.other_anon as f64),
+                ),
+                (
+                    "sum of the parts",
+                    format!(
+                        "{} (smaps; VmRSS {}, {:+.2}%)",
+                        bytes(x.parts_sum() as f64),
+                        bytes(x.rss as f64),
+                        (x.parts_sum() as f64 - x.rss as f64) * 100.0 / x.rss.max(1) as f64
+                    ),
+                ),
             ],
         );
-        let _ = writeln!(out, "  {}", x.explanation);
+        let _ = writeln!(out, "  {}", d.explanation);
     }
     if let Some(g) = &r.rss_growth {
         let _ = writeln!(out, "over the window: {}", g.explanation);
     }
     if let Some(k) = &r.kernel {
         render_kernel(&mut out, k);
+    }
+    if let Some(w) = &r.window {
+        let _ = writeln!(out, "window: {}", w.statement);
     }
     if let Some(u) = &r.uprobes {
         render_uprobes(&mut out, u, r.profiler_window.as_ref());
@@ -147,6 +234,26 @@ pub fn render(r: &VerifyReport) -> String {
             bytes(c.expected),
             bytes(c.observed),
             c.verdict
+        );
+    }
+    if r.checks.iter().any(|c| c.sampling.is_some()) {
+        let tolerance = r.checks.iter().find_map(|c| {
+            c.sampling
+                .as_ref()
+                .map(|s| c.tolerance_pct - s.tolerance_pct)
+        });
+        let _ = writeln!(out, "{}", verdict_legend(tolerance));
+    }
+    let undecided = r
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::NotEnoughSamples)
+        .count();
+    if undecided > 0 {
+        let _ = writeln!(
+            out,
+            "{undecided} check(s) without a verdict: lengthen --duration, or run the target \
+             with a smaller HEAPPROF_SAMPLE_RATE"
         );
     }
     for n in &r.notes {
@@ -285,15 +392,27 @@ fn render_uprobes(out: &mut String, u: &UprobeReport, w: Option<&ProfilerWindow>
                 ),
                 ("frees of older allocations", f.free_unknown.to_string()),
                 ("untracked (map full)", f.dropped.to_string()),
+                (
+                    "heapprof's own work",
+                    format!(
+                        "{} in {} allocations, {} still live (left out of the checks)",
+                        bytes(f.own_alloc_bytes as f64),
+                        f.own_alloc_count,
+                        bytes(f.own_live_bytes as f64)
+                    ),
+                ),
             ],
         );
     }
     if let Some(w) = w {
         let _ = writeln!(
             out,
-            "  profiler over the window: in-use {:+}, allocated {}",
-            w.inuse_change,
-            bytes(w.alloc_change as f64)
+            "  profiler over the window (rate {}): allocated {}; born in the window and \
+             live {}; in-use {:+}",
+            bytes(w.sample_rate as f64),
+            estimate(&w.allocated),
+            estimate(&w.born_in_window),
+            w.inuse_change
         );
         if let Some((stack, delta)) = &w.top_growth {
             let _ = writeln!(

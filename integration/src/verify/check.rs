@@ -1,7 +1,70 @@
 //! `Check`: one verdict of `verify`, a measurement held against a more
 //! exact one.
+//!
+//! # Tolerances
+//!
+//! A check between two exact counts (the kernel against itself) allows
+//! `--tolerance` percent of the reference. A check of the profiler allows
+//! its sampling error on top: the profiler's figures are estimates made of
+//! samples, and a right estimate misses the truth by about one standard
+//! error. Its standard error comes from the samples behind it
+//! (`heapprof::sampling::Estimate`, where the variance of byte sampling at
+//! the rate is derived), never less than the rate itself (the error of one
+//! small sample: an estimate of few samples can have missed some), and
+//! [`SAMPLING_Z`] of them are allowed:
+//!
+//! ```text
+//! allowed = 3 × standard error + tolerance% × |expected|
+//! ```
+//!
+//! so a profiler that is right fails a check by chance about 3 times in
+//! 1000. When the standard error is more than a quarter of what is
+//! measured ([`MAX_JUDGED_RSE`]: fewer than 16 samples' worth), no verdict
+//! is given: "not enough samples to judge" says the window or the heap
+//! was too small for the sample rate, not that anything is wrong.
+
+use heapprof::sampling::Estimate;
 
 use crate::format::bytes;
+
+/// Standard errors a check of the profiler allows.
+pub const SAMPLING_Z: f64 = 3.0;
+
+/// Largest relative standard error (of what is measured) a check of the
+/// profiler is judged with: `1/√16`.
+pub const MAX_JUDGED_RSE: f64 = 0.25;
+
+/// What a check concluded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Within the tolerance.
+    Agrees,
+    /// Outside it: something is wrong (exit status 1).
+    Disagrees,
+    /// The profiler's estimate stands on too few samples for a verdict.
+    NotEnoughSamples,
+    /// A service's claim covers what was measured.
+    ClaimHolds,
+    /// A service's claim hides what was measured (exit status 1).
+    ClaimFalse,
+}
+
+/// The sampling error a check of the profiler allowed for.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Sampling {
+    /// Samples behind the estimate.
+    pub samples: u64,
+    /// The sample rate, bytes.
+    pub rate: u64,
+    /// The standard error used, bytes.
+    pub standard_error: f64,
+    /// It relative to the expected value, percent.
+    pub relative_standard_error_pct: f64,
+    /// `SAMPLING_Z` standard errors relative to the expected value,
+    /// percent: the part of the tolerance sampling accounts for.
+    pub tolerance_pct: f64,
+}
 
 /// One comparison of two independent measurements.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -16,22 +79,35 @@ pub struct Check {
     pub observed: f64,
     /// `|observed - expected| / expected`, percent (0 when both are 0).
     pub diff_pct: f64,
-    /// Whether `diff_pct` is within the tolerance.
+    /// The tolerance applied, percent of `expected`: `--tolerance`, plus
+    /// the sampling part for checks of the profiler.
+    pub tolerance_pct: f64,
+    /// The verdict.
+    pub status: Status,
+    /// Whether the check passes or could not judge: false for
+    /// [`Status::Disagrees`] and [`Status::ClaimFalse`] only.
     pub ok: bool,
+    /// For checks of the profiler: the sampling error allowed for.
+    pub sampling: Option<Sampling>,
     /// The verdict line.
     pub verdict: String,
 }
 
+fn diff_pct(expected: f64, observed: f64) -> f64 {
+    if expected == observed {
+        0.0
+    } else if expected == 0.0 {
+        100.0
+    } else {
+        (observed - expected).abs() / expected.abs() * 100.0
+    }
+}
+
 impl Check {
-    /// Compares `observed` with `expected` within `tolerance_pct`.
+    /// Compares two exact measurements: `observed` with `expected` within
+    /// `tolerance_pct`.
     pub fn new(name: &str, what: &str, expected: f64, observed: f64, tolerance_pct: f64) -> Self {
-        let diff_pct = if expected == observed {
-            0.0
-        } else if expected == 0.0 {
-            100.0
-        } else {
-            (observed - expected).abs() / expected.abs() * 100.0
-        };
+        let diff_pct = diff_pct(expected, observed);
         let ok = diff_pct <= tolerance_pct;
         let verdict = if ok {
             format!("agrees within {tolerance_pct}% ({diff_pct:.1}%)")
@@ -44,13 +120,98 @@ impl Check {
             expected,
             observed,
             diff_pct,
+            tolerance_pct,
+            status: if ok {
+                Status::Agrees
+            } else {
+                Status::Disagrees
+            },
             ok,
+            sampling: None,
             verdict,
         }
     }
-}
 
-impl Check {
+    /// Compares the profiler's `estimate` (sampled at `rate`) with the
+    /// exact `expected`, allowing its sampling error (module docs) and
+    /// `tolerance_pct`.
+    pub fn sampled(
+        name: &str,
+        what: &str,
+        expected: f64,
+        estimate: &Estimate,
+        rate: u64,
+        tolerance_pct: f64,
+    ) -> Self {
+        let observed = estimate.bytes;
+        let se = estimate.standard_error().max(rate as f64);
+        let rse = if expected == 0.0 {
+            f64::INFINITY
+        } else {
+            se / expected.abs()
+        };
+        let sampling = Sampling {
+            samples: estimate.samples,
+            rate,
+            standard_error: se,
+            relative_standard_error_pct: rse * 100.0,
+            tolerance_pct: SAMPLING_Z * rse * 100.0,
+        };
+        let diff_pct = diff_pct(expected, observed);
+        let allowed = SAMPLING_Z * se + tolerance_pct / 100.0 * expected.abs();
+        let total_pct = sampling.tolerance_pct + tolerance_pct;
+        let (status, verdict) = if rate == 0 {
+            (
+                Status::NotEnoughSamples,
+                "not enough samples to judge: sampling is off (rate 0)".to_string(),
+            )
+        } else if rse > MAX_JUDGED_RSE {
+            (
+                Status::NotEnoughSamples,
+                format!(
+                    "not enough samples to judge: {} samples at rate {}, standard error {} \
+                     ({:.0}% of {}; a verdict needs at most {:.0}%)",
+                    estimate.samples,
+                    bytes(rate as f64),
+                    bytes(se),
+                    rse * 100.0,
+                    bytes(expected),
+                    MAX_JUDGED_RSE * 100.0
+                ),
+            )
+        } else if (observed - expected).abs() <= allowed {
+            (
+                Status::Agrees,
+                format!(
+                    "agrees within {total_pct:.1}% ({diff_pct:.1}%; tolerance = {SAMPLING_Z} \
+                     standard errors of {} samples, {:.1}%, + {tolerance_pct}%)",
+                    estimate.samples, sampling.tolerance_pct
+                ),
+            )
+        } else {
+            (
+                Status::Disagrees,
+                format!(
+                    "disagrees by {diff_pct:.1}% (tolerance {total_pct:.1}% = {SAMPLING_Z} \
+                     standard errors of {} samples, {:.1}%, + {tolerance_pct}%)",
+                    estimate.samples, sampling.tolerance_pct
+                ),
+            )
+        };
+        Self {
+            name: name.into(),
+            what: what.into(),
+            expected,
+            observed,
+            diff_pct,
+            tolerance_pct: total_pct,
+            ok: status != Status::Disagrees,
+            status,
+            sampling: Some(sampling),
+            verdict,
+        }
+    }
+
     /// A service's claim checked against a measured reality: it holds when
     /// `actual` does not exceed `claimed` by more than `slack` (a claim may
     /// overstate; it may not hide). `expected` is the reality.
@@ -81,7 +242,18 @@ impl Check {
             expected: actual,
             observed: claimed,
             diff_pct,
+            tolerance_pct: if actual == 0.0 {
+                0.0
+            } else {
+                slack / actual.abs() * 100.0
+            },
+            status: if ok {
+                Status::ClaimHolds
+            } else {
+                Status::ClaimFalse
+            },
             ok,
+            sampling: None,
             verdict,
         }
     }
@@ -98,8 +270,77 @@ mod tests {
         assert_eq!(c.verdict, "agrees within 10% (5.0%)");
         let c = Check::new("x", "a vs b", 100.0, 150.0, 10.0);
         assert!(!c.ok);
+        assert_eq!(c.status, Status::Disagrees);
         assert_eq!(c.verdict, "disagrees by 50.0% (tolerance 10%)");
         assert!(Check::new("x", "", 0.0, 0.0, 1.0).ok);
         assert!(!Check::new("x", "", 0.0, 1.0, 1.0).ok);
+    }
+
+    const MIB: f64 = 1048576.0;
+    const RATE: u64 = 512 * 1024;
+
+    /// `n` samples of small objects at the default rate.
+    fn small_samples(n: u64) -> Estimate {
+        let r = RATE as f64;
+        Estimate {
+            bytes: n as f64 * r,
+            samples: n,
+            variance: n as f64 * r * r,
+        }
+    }
+
+    #[test]
+    fn the_sampling_error_widens_the_tolerance() {
+        // 100 small samples: 10% standard error, 30% allowed + 10%.
+        let e = small_samples(100);
+        let c = Check::sampled("w", "", e.bytes * 1.35, &e, RATE, 10.0);
+        assert_eq!(c.status, Status::Agrees, "{}", c.verdict);
+        let s = c.sampling.as_ref().unwrap();
+        assert!(
+            (s.relative_standard_error_pct - 100.0 / 13.5).abs() < 0.1,
+            "{s:?}"
+        );
+        let c = Check::sampled("w", "", e.bytes * 2.0, &e, RATE, 10.0);
+        assert_eq!(c.status, Status::Disagrees, "{}", c.verdict);
+        assert!(!c.ok);
+    }
+
+    #[test]
+    fn too_few_samples_is_no_verdict() {
+        // thread_growth at the default rate: 21.2 MiB from 2 live samples
+        // against 33.6 MiB: no verdict, not a failure.
+        let e = Estimate {
+            bytes: 21.2 * MIB,
+            samples: 2,
+            variance: 2.0 * (10.0 * MIB) * (10.0 * MIB),
+        };
+        let c = Check::sampled("profiler_vs_jemalloc", "", 33.6 * MIB, &e, RATE, 10.0);
+        assert_eq!(c.status, Status::NotEnoughSamples, "{}", c.verdict);
+        assert!(c.ok);
+        assert!(c.verdict.starts_with("not enough samples to judge"));
+        // No sample at all: the floor of one rate keeps a small truth
+        // unjudged and a large one judged.
+        let none = Estimate::default();
+        let c = Check::sampled("w", "", MIB, &none, RATE, 10.0);
+        assert_eq!(c.status, Status::NotEnoughSamples);
+        let c = Check::sampled("w", "", 100.0 * MIB, &none, RATE, 10.0);
+        assert_eq!(c.status, Status::Disagrees);
+        // Sampling off: the profiler claims nothing to judge.
+        let c = Check::sampled("w", "", 100.0 * MIB, &none, 0, 10.0);
+        assert_eq!(c.status, Status::NotEnoughSamples);
+    }
+
+    #[test]
+    fn exact_estimates_use_the_plain_tolerance() {
+        // Rate 1: every allocation sampled, no sampling error beyond a byte.
+        let e = Estimate {
+            bytes: 1000.0,
+            samples: 10,
+            variance: 0.0,
+        };
+        let c = Check::sampled("w", "", 1050.0, &e, 1, 10.0);
+        assert_eq!(c.status, Status::Agrees, "{}", c.verdict);
+        let c = Check::sampled("w", "", 2000.0, &e, 1, 10.0);
+        assert_eq!(c.status, Status::Disagrees, "{}", c.verdict);
     }
 }

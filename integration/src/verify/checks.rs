@@ -19,14 +19,28 @@ pub(super) fn add_checks(r: &mut VerifyReport, p: &ProcessMemory, tol: f64) {
             tol,
         ));
     }
-    if let Some(v) = &r.profiler
-        && let Some(j) = v.jemalloc_allocated
-    {
-        r.checks.push(Check::new(
-            "profiler_vs_jemalloc",
-            "live heap: jemalloc stats.allocated vs profiler inuse_space",
-            j as f64,
-            v.inuse_bytes as f64,
+    let rate = r
+        .profiler_window
+        .as_ref()
+        .map(|w| w.sample_rate)
+        .or(r.sample_rate)
+        .unwrap_or(0);
+    if let Some(a) = &r.allocator {
+        r.checks.push(Check::sampled(
+            &format!("profiler_vs_{}", a.name),
+            &format!(
+                "live heap at usable size: {} minus thread caches, the allocator's own \
+                 structures, sampled blocks' alignment and heapprof's own heap, vs the \
+                 profiler's estimate",
+                if a.name == "jemalloc" {
+                    "jemalloc stats.allocated"
+                } else {
+                    "glibc mallinfo2 uordblks + hblkhd"
+                }
+            ),
+            a.comparable as f64,
+            &a.estimate,
+            rate,
             tol,
         ));
     }
@@ -52,34 +66,45 @@ pub(super) fn add_checks(r: &mut VerifyReport, p: &ProcessMemory, tol: f64) {
     let Some(f) = u.families.iter().find(|f| f.family == fam) else {
         return;
     };
-    if f.alloc_bytes < MIN_WINDOW_BYTES {
+    if f.own_alloc_count > 0 {
         r.notes.push(format!(
-            "only {} allocated in the window: too little to compare sampled and exact counts",
-            bytes(f.alloc_bytes as f64)
+            "uprobes saw {} allocations ({}) of heapprof's own work in the window ({} still \
+             live: snapshots, symbolization, its history): left out of window_alloc and \
+             window_inuse, as the profiler leaves its own work out by design",
+            f.own_alloc_count,
+            bytes(f.own_alloc_bytes as f64),
+            bytes(f.own_live_bytes as f64)
         ));
-        return;
     }
-    r.checks.push(Check::new(
+    if f.stack_errors > 0 {
+        r.notes.push(format!(
+            "{} allocations in the window had no stack (the kernel could not walk it); \
+             they count as the program's",
+            f.stack_errors
+        ));
+    }
+    r.checks.push(Check::sampled(
         "window_alloc",
-        &format!("bytes allocated in window: uprobes ({fam}) vs profiler alloc_space change"),
-        f.alloc_bytes as f64,
-        w.alloc_change as f64,
+        &format!(
+            "bytes allocated in the window: uprobes ({fam}, the profiler's own work left out) \
+             vs the profiler's alloc_space change between its readings"
+        ),
+        f.alloc_bytes.saturating_sub(f.own_alloc_bytes) as f64,
+        &w.allocated,
+        rate,
         tol,
     ));
-    r.checks.push(Check::new(
+    r.checks.push(Check::sampled(
         "window_inuse",
-        &format!("in-use change over window: uprobes ({fam}) live vs profiler inuse_space change"),
-        f.live_bytes as f64,
-        w.inuse_change as f64,
+        &format!(
+            "bytes allocated in the window and live at its end: uprobes ({fam}, the \
+             profiler's own work left out) vs the profiler's live samples born in the window"
+        ),
+        f.live_bytes.saturating_sub(f.own_live_bytes) as f64,
+        &w.born_in_window,
+        rate,
         tol,
     ));
-    if f.free_unknown > 0 {
-        r.notes.push(format!(
-            "{} frees of allocations older than the window: the profiler's in-use change \
-             includes them, uprobes cannot size them",
-            f.free_unknown
-        ));
-    }
 }
 
 /// Holds the service's claim against RSS, the live heap, and the live

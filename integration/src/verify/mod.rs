@@ -1,8 +1,26 @@
 //! `heapprof verify`: what the profiler claims, held against what the
 //! kernel shows (procfs, the memory cgroup) and, with `--uprobes`, against
 //! exact allocator counts over a bounded window.
+//!
+//! # One window
+//!
+//! With `--uprobes` or `--kernel`, the probes are attached first and the
+//! window opened (uprobes start counting at one instant, however long
+//! attaching took); the profiler is read right after
+//! (`/debug/heapprof/sampling`, a walk of its tables, no symbolization) and
+//! again, with `since_ns` set to the first reading's time, right before
+//! the window closes and the probes are detached. Both sides count
+//! the same stretch of time, up to the few milliseconds of a reading
+//! (`Window` says how many, on `CLOCK_MONOTONIC`, the clock every process
+//! shares). The readings make the target allocate: the part the profiler
+//! leaves out by design (its own work) runs under a marker frame that the
+//! uprobes tell apart and leave out too; serving the request is the
+//! program's own allocation and both sides count it. The profiles that
+//! name the top grower are fetched outside the window (before attaching,
+//! after detaching): symbolizing costs the target memory the window should
+//! not see.
 
-mod check;
+pub(crate) mod check;
 mod checks;
 mod claims;
 mod reconcile;
@@ -14,16 +32,19 @@ use heapprof::sys::fs::Fs;
 use heapprof::sys::{cgroup, procfs};
 use heapprof::wire::metric;
 
-pub use report::{LiveGrowth, ProfilerView, ProfilerWindow, VerifyReport};
+pub use report::{LiveGrowth, ProfilerView, ProfilerWindow, VerifyReport, Window};
+
+use heapprof::sys::clock::monotonic_ns;
+use heapprof::wire::SamplingDocument;
 
 use crate::bpf::{tracepoints, uprobes};
 use crate::{fetch, profile, scrape};
 use claims::ClaimReport;
-use reconcile::{HeapSources, growth, reconcile};
+use reconcile::{growth, reconcile};
 use report::children_growth;
 
-/// Below this many bytes in the window, sampled and exact counts are not
-/// compared (the sampling error of a few samples dominates).
+/// The least live growth a claim must cover before it is called false
+/// (below it, growth is noise: a buffer or two).
 pub const MIN_WINDOW_BYTES: u64 = 1 << 20;
 
 /// Errors that stop `verify` (the others become notes in the report).
@@ -97,8 +118,23 @@ fn profiler_view(addr: &str) -> Result<(ProfilerView, profile::HeapProfile), Str
     Ok((view, p))
 }
 
-/// Runs `verify`. `attached` is called once the uprobes are in place
-/// (before the window starts), with a line describing them.
+/// The profiler's sampling document: `since_ns` adds the live bytes born
+/// since then, `resident` the resident measurement.
+fn sampling(addr: &str, since_ns: Option<u64>, resident: bool) -> Result<SamplingDocument, String> {
+    let mut path = String::from("/debug/heapprof/sampling?");
+    if let Some(t) = since_ns {
+        path.push_str(&format!("since_ns={t}&"));
+    }
+    if resident {
+        path.push_str("resident=1");
+    }
+    let body = fetch::get(addr, &path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))
+}
+
+/// Runs `verify`. `attached` is called once the window is open (probes
+/// attached and counting, the profiler's first reading taken), with a
+/// line describing it.
 pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, VerifyError> {
     let fs = Fs::real();
     let mut r = VerifyReport::default();
@@ -132,6 +168,7 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
             None
         }
     };
+    let note = |r: &mut VerifyReport, e: String| r.notes.push(e);
 
     let claim_now = || {
         opts.claims
@@ -139,19 +176,26 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
             .map(|(url, key)| claims::read(url, key))
             .transpose()
     };
-    // With an explicit window, the RSS breakdown is read at both ends.
-    let start_reading = if opts.cgroup_window {
-        let view = addr
+    // The RSS partition, as close in time to the process's resident
+    // measurement as two reads can be.
+    let partition_now = |r: &mut VerifyReport| -> Result<_, VerifyError> {
+        let resident = addr
             .as_deref()
-            .and_then(|a| profiler_view(a).ok())
-            .map(|(v, _)| v);
-        Some((
-            Instant::now(),
-            reconcile(
-                &procfs::read_process(&fs, pid)?,
-                &heap_sources(view.as_ref()),
-            ),
-        ))
+            .map(|a| sampling(a, None, true))
+            .transpose()
+            .map_err(|e| note(r, e))
+            .ok()
+            .flatten();
+        let process = procfs::read_process(&fs, pid)?;
+        Ok((Instant::now(), process, resident))
+    };
+    // With an explicit window, the RSS breakdown is read at both ends
+    // (before the probes are attached: measuring residency is the
+    // profiler's own work, which the window should not see).
+    let start_reading = if opts.cgroup_window {
+        let (at, process, resident) = partition_now(&mut r)?;
+        let resident = resident.and_then(|d| d.resident);
+        Some((at, reconcile(&process, resident.as_ref())))
     } else {
         None
     };
@@ -159,9 +203,8 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
     let claim_end;
     if opts.uprobes || opts.kernel {
         claim_start = claim_now()?;
-        // The profiles are fetched outside the window, so that what the
-        // target allocates to answer them (symbolization) is not counted
-        // by the probes while the profiler, by design, does not count it.
+        // Profiles (symbolized: they cost the target memory) outside the
+        // window; they only name the top grower.
         let before = addr.as_deref().map(profiler_view);
         let kernel = opts
             .kernel
@@ -171,6 +214,14 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
             .uprobes
             .then(|| uprobes::Session::attach(pid))
             .transpose()?;
+        if let Some(s) = &mut session {
+            s.open()?;
+        }
+        let mut window = Window {
+            opened_ns: monotonic_ns(),
+            ..Window::default()
+        };
+        let first = addr.as_deref().map(|a| sampling(a, None, false));
         let what = match (opts.uprobes, opts.kernel) {
             (true, true) => "uprobes and tracepoints",
             (true, false) => "uprobes",
@@ -184,29 +235,51 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
         while Instant::now() < end && fs.exists(format!("/proc/{pid}")) {
             std::thread::sleep(Duration::from_millis(50).min(end - Instant::now()));
         }
+        let last = match &first {
+            Some(Ok(d)) => addr
+                .as_deref()
+                .map(|a| sampling(a, Some(d.monotonic_ns), false)),
+            _ => None,
+        };
+        if let Some(s) = &mut session {
+            s.close();
+        }
+        window.closed_ns = monotonic_ns();
         if let Some(s) = &mut session {
             s.detach();
         }
         r.kernel = kernel.map(|k| k.finish(opts.top)).transpose()?;
-        let after = addr.as_deref().map(profiler_view);
-        // Read /proc while the target is known to be alive.
-        r.process = procfs::read_process(&fs, pid).ok();
         r.uprobes = session.map(|s| s.finish(opts.top)).transpose()?;
         r.live_growth = r.uprobes.as_ref().map(LiveGrowth::of);
+        let after = addr.as_deref().map(profiler_view);
         claim_end = claim_now()?;
-        if let (Some(Ok((b, bp))), Some(Ok((a, ap)))) = (&before, &after) {
-            let top_growth = profile::diff(bp, ap, "inuse_space")
-                .ok()
-                .and_then(|rows| rows.into_iter().next())
-                .filter(|row| row.delta > 0)
-                .map(|row| (row.stack, row.delta));
-            r.profiler_window = Some(ProfilerWindow {
-                inuse_change: a.inuse_bytes - b.inuse_bytes,
-                alloc_change: a.alloc_bytes - b.alloc_bytes,
-                top_growth,
-            });
+        match (first, last) {
+            (Some(Ok(first)), Some(Ok(last))) => {
+                window.profiler_first_ns = Some(first.monotonic_ns);
+                window.profiler_last_ns = Some(last.monotonic_ns);
+                let top_growth = match (&before, &after) {
+                    (Some(Ok((_, bp))), Some(Ok((_, ap)))) => profile::diff(bp, ap, "inuse_space")
+                        .ok()
+                        .and_then(|rows| rows.into_iter().next())
+                        .filter(|row| row.delta > 0)
+                        .map(|row| (row.stack, row.delta)),
+                    _ => None,
+                };
+                r.profiler_window = Some(ProfilerWindow {
+                    inuse_change: (last.inuse.bytes - first.inuse.bytes).round() as i64,
+                    alloc_change: (last.allocated.bytes - first.allocated.bytes).round() as i64,
+                    allocated: last.allocated.since(&first.allocated),
+                    born_in_window: last.born_since.unwrap_or_default(),
+                    sample_rate: last.sample_rate,
+                    top_growth,
+                });
+            }
+            (Some(Err(e)), _) | (_, Some(Err(e))) => note(&mut r, e),
+            _ => {}
         }
-        r.profiler = after.and_then(|a| a.map(|(v, _)| v).map_err(|e| r.notes.push(e)).ok());
+        window.describe();
+        r.window = Some(window);
+        r.profiler = after.and_then(|a| a.map(|(v, _)| v).map_err(|e| note(&mut r, e)).ok());
     } else {
         if start_reading.is_some() {
             std::thread::sleep(opts.duration);
@@ -214,25 +287,30 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
         if let Some(addr) = &addr {
             r.profiler = profiler_view(addr)
                 .map(|(v, _)| v)
-                .map_err(|e| r.notes.push(e))
+                .map_err(|e| note(&mut r, e))
                 .ok();
         }
         claim_end = claim_now()?;
     }
 
-    let process = match r.process.take() {
-        Some(p) => p,
-        None => procfs::read_process(&fs, pid)?,
-    };
+    let (at, process, end_doc) = partition_now(&mut r)?;
     match cgroup::dir_of_pid(&fs, pid).and_then(|d| cgroup::read(&fs, &d, 0)) {
         Ok(c) => r.cgroup = Some(c),
         Err(e) => r.notes.push(e.to_string()),
     }
-    let end = reconcile(&process, &heap_sources(r.profiler.as_ref()));
+    let end = reconcile(&process, end_doc.as_ref().and_then(|d| d.resident.as_ref()));
     if let Some((started, start)) = &start_reading {
-        r.rss_growth = Some(growth(start, &end, started.elapsed().as_secs_f64()));
+        r.rss_growth = Some(growth(
+            start,
+            &end,
+            at.duration_since(*started).as_secs_f64(),
+        ));
     }
     r.reconciliation = Some(end);
+    if let Some(d) = end_doc {
+        r.sample_rate = Some(d.sample_rate);
+        r.allocator = d.allocator;
+    }
     checks::add_checks(&mut r, &process, opts.tolerance);
     if let (Some((url, key)), Some(end)) = (&opts.claims, claim_end) {
         let mut c = ClaimReport {
@@ -247,13 +325,4 @@ pub fn run(opts: &Options, attached: impl FnOnce(&str)) -> Result<VerifyReport, 
     }
     r.process = Some(process);
     Ok(r)
-}
-
-/// The heap figures a profiler view publishes.
-fn heap_sources(view: Option<&ProfilerView>) -> HeapSources {
-    HeapSources {
-        profiler_inuse: view.map(|p| p.inuse_bytes.max(0) as u64),
-        jemalloc_allocated: view.and_then(|p| p.jemalloc_allocated),
-        jemalloc_resident: view.and_then(|p| p.jemalloc_resident),
-    }
 }

@@ -1,108 +1,156 @@
-//! Explaining a process's RSS: file pages + shared memory + thread stacks +
-//! live heap + allocator-retained memory + other anonymous memory, with the
-//! remainder no source accounts for.
+//! Explaining a process's RSS: an exact partition of its resident pages
+//! (`heapprof::sys::partition`, mapping by mapping from `/proc/PID/smaps`)
+//! into file pages, shared memory, thread stacks, the live heap, the
+//! allocator's retained memory, the profiler's tables and other anonymous
+//! memory.
 //!
-//! The kernel's `RssAnon`, `RssFile` and `RssShmem` (from `status`) add up
-//! to the resident set size. Anonymous memory is split with `smaps`: the stack mappings
-//! (see `procfs`), then the live heap as the best available source measures
-//! it (the profiler's in-use estimate, else jemalloc's `allocated`), then
-//! allocator-retained pages (jemalloc `resident - allocated`, when
-//! published). What is left is "other anonymous": allocator caches when no
-//! allocator stats are published, non-heap mmaps, runtime metadata. A
-//! growing "other" with a flat heap is incident 4's signature.
+//! What only the process knows comes from its endpoint
+//! (`/debug/heapprof/sampling?resident=1`): which mappings hold its live
+//! heap, how many of the live heap's bytes are resident (measured with
+//! `mincore` over the sampled blocks, scaled like the profile), and where
+//! the profiler's own tables are. Without an endpoint the allocator's
+//! mappings are not told apart and their pages are in other anonymous
+//! memory. Every part is a page count, so none is negative and they add
+//! up to the RSS of the mappings; "other anonymous memory" is what is left
+//! of the anonymous pages, measured, not a difference of estimates. A
+//! growing "other" or "thread stacks" with a flat heap is incident 4's
+//! signature.
 //!
-//! [`Reconciliation::explanation`] says in one line what RSS is made of;
-//! [`growth`] compares two readings (`verify PID --duration S`) and says
-//! which part grew, so "heap flat, threads growing" reads at a glance.
+//! [`ReconciliationDetail::explanation`] says in one line what RSS is made
+//! of; [`growth`] compares two readings (`verify PID --duration S`) and
+//! says which part grew, so "heap flat, threads growing" reads at a
+//! glance.
 
+use heapprof::sampling::Estimate;
+use heapprof::sys::partition::{self, Known, Partition};
 use heapprof::sys::procfs::ProcessMemory;
+use heapprof::wire::ResidentDocument;
 
 use crate::format::{mib, signed_mib};
 
-/// Allocator figures published by the process, if any.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct HeapSources {
-    /// The profiler's in-use estimate (`inuse_space` total).
-    pub profiler_inuse: Option<u64>,
-    /// jemalloc `stats.allocated`.
-    pub jemalloc_allocated: Option<u64>,
-    /// jemalloc `stats.resident`.
-    pub jemalloc_resident: Option<u64>,
-}
-
-/// RSS, explained.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+/// RSS, partitioned. The numeric fields other than `rss`, `anon` and
+/// `threads` are the parts, in bytes; they add up to the RSS of the
+/// mappings (`detail.smaps_rss`), which `VmRSS` matches within its
+/// counters' lag.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Reconciliation {
-    /// Resident set size.
+    /// Resident set size (`VmRSS`).
     pub rss: u64,
-    /// `RssFile`: file pages mapped.
-    pub file: u64,
-    /// `RssShmem`.
-    pub shmem: u64,
     /// `RssAnon`.
     pub anon: u64,
-    /// Resident thread stacks.
-    pub thread_stacks: u64,
-    /// Live heap per `heap_source`.
-    pub live_heap: u64,
-    /// Where `live_heap` comes from.
-    pub heap_source: String,
-    /// Allocator-retained (resident, not live) memory, when published.
-    pub allocator_retained: u64,
-    /// Anonymous memory no source accounts for (may be negative when the
-    /// estimates overshoot, e.g. heap not yet touched).
-    pub other_anon: i64,
     /// Threads of the process.
     pub threads: u64,
+    /// File pages (page cache mapped, not copied on write).
+    pub file: u64,
+    /// Shared-memory (tmpfs) pages.
+    pub shmem: u64,
+    /// Anonymous pages of thread stacks.
+    pub thread_stacks: u64,
+    /// The live heap's resident pages.
+    pub live_heap: u64,
+    /// The rest of the allocator's mappings (freed, cached, fragmented).
+    pub allocator_retained: u64,
+    /// The profiler's own tables.
+    pub profiler: u64,
+    /// Anonymous pages nothing above accounts for.
+    pub other_anon: u64,
+    /// How the parts were made.
+    pub detail: ReconciliationDetail,
+}
+
+/// What is not a part of RSS.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ReconciliationDetail {
+    /// Sum of `Rss` over the mappings (what the parts add up to).
+    pub smaps_rss: u64,
+    /// Sum of `Anonymous` over the mappings.
+    pub smaps_anon: u64,
+    /// Where `live_heap` comes from.
+    pub heap_source: String,
+    /// The live heap's resident bytes as estimated in the process, with
+    /// the samples behind the estimate.
+    pub heap_estimate: Option<Estimate>,
+    /// Whether that estimate was more than the allocator's mappings hold
+    /// (then `live_heap` is what they hold).
+    pub heap_capped: bool,
+    /// Mappings counted as the allocator's.
+    pub allocator_mappings: u64,
     /// What RSS is made of, largest part first, in one line.
     pub explanation: String,
 }
 
-/// Splits `p`'s RSS using the heap figures in `h`.
-pub fn reconcile(p: &ProcessMemory, h: &HeapSources) -> Reconciliation {
-    let (live_heap, heap_source) = match (h.profiler_inuse, h.jemalloc_allocated) {
-        (Some(v), _) => (v, "profiler inuse_space"),
-        (None, Some(v)) => (v, "jemalloc stats.allocated"),
-        (None, None) => (0, "none published (heap is inside other_anon)"),
-    };
-    let allocator_retained = match (h.jemalloc_resident, h.jemalloc_allocated) {
-        (Some(r), Some(a)) => r.saturating_sub(a),
-        _ => 0,
-    };
-    let s = &p.status;
-    let anon = s.rss_anon;
-    let other = anon as i64 - p.stacks.rss as i64 - live_heap as i64 - allocator_retained as i64;
-    let mut r = Reconciliation {
-        rss: s.vm_rss,
-        file: s.rss_file,
-        shmem: s.rss_shmem,
-        anon,
-        thread_stacks: p.stacks.rss,
-        live_heap,
-        heap_source: heap_source.into(),
+impl Reconciliation {
+    /// The sum of the parts.
+    pub fn parts_sum(&self) -> u64 {
+        self.parts().iter().map(|(_, b)| *b).sum()
+    }
+
+    /// The parts, named for people: (name, bytes), in a fixed order.
+    pub fn parts(&self) -> [(&'static str, u64); 7] {
+        [
+            ("heap", self.live_heap),
+            ("thread stacks", self.thread_stacks),
+            ("other anonymous memory", self.other_anon),
+            ("file pages", self.file),
+            ("allocator retained", self.allocator_retained),
+            ("shared memory", self.shmem),
+            ("heapprof tables", self.profiler),
+        ]
+    }
+}
+
+/// Partitions `p`'s RSS with what the process knows (`resident`).
+pub fn reconcile(p: &ProcessMemory, resident: Option<&ResidentDocument>) -> Reconciliation {
+    let known = resident.map_or(Known::default(), |r| Known {
+        heap: Some(r.heap.bytes.max(0.0).round() as u64),
+        allocator: &r.allocator_mappings,
+        profiler: &r.profiler,
+    });
+    let (parts, d) = partition::partition(&p.mappings, &p.stack_mappings, &known);
+    let Partition {
+        file,
+        shmem,
+        thread_stacks,
+        heap,
         allocator_retained,
-        other_anon: other,
-        threads: s.threads,
-        explanation: String::new(),
+        profiler,
+        other_anon,
+    } = parts;
+    let heap_source = match resident {
+        Some(r) => format!(
+            "resident bytes of the live heap, measured over {} live samples (mincore) and \
+             scaled like the profile",
+            r.heap.samples
+        ),
+        None => "no endpoint: the allocator's mappings are inside other_anon".into(),
     };
-    r.explanation = explain(&r);
+    let mut r = Reconciliation {
+        rss: p.status.vm_rss,
+        anon: p.status.rss_anon,
+        threads: p.status.threads,
+        file,
+        shmem,
+        thread_stacks,
+        live_heap: heap,
+        allocator_retained,
+        profiler,
+        other_anon,
+        detail: ReconciliationDetail {
+            smaps_rss: d.smaps_rss,
+            smaps_anon: d.smaps_anon,
+            heap_source,
+            heap_estimate: resident.map(|r| r.heap),
+            heap_capped: d.heap_capped,
+            allocator_mappings: d.allocator_mappings,
+            explanation: String::new(),
+        },
+    };
+    r.detail.explanation = explain(&r);
     r
 }
 
-/// The parts of RSS, named for people: (name, bytes).
-fn parts(r: &Reconciliation) -> [(&'static str, i64); 6] {
-    [
-        ("heap", r.live_heap as i64),
-        ("thread stacks", r.thread_stacks as i64),
-        ("other anonymous memory", r.other_anon),
-        ("file pages", r.file as i64),
-        ("allocator retained", r.allocator_retained as i64),
-        ("shared memory", r.shmem as i64),
-    ]
-}
-
 fn explain(r: &Reconciliation) -> String {
-    let mut parts = parts(r);
+    let mut parts = r.parts();
     parts.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
     let total = r.rss.max(1) as f64;
     let listed: Vec<String> = parts
@@ -116,7 +164,7 @@ fn explain(r: &Reconciliation) -> String {
             };
             format!(
                 "{name} {} ({:.0}%{extra})",
-                mib(*b),
+                mib(*b as i64),
                 *b as f64 * 100.0 / total
             )
         })
@@ -145,7 +193,8 @@ pub struct Growth {
     pub file: i64,
     /// The part that grew most (`heap`, `thread stacks`, ...), if any grew.
     pub mostly: Option<String>,
-    /// Whether the heap stayed flat (within 10% or 1 MiB).
+    /// Whether the heap stayed flat: within 10% or 1 MiB, or within three
+    /// standard errors of the two estimates.
     pub heap_flat: bool,
     /// The same in one line.
     pub explanation: String,
@@ -153,15 +202,21 @@ pub struct Growth {
 
 /// Compares two readings `seconds` apart.
 pub fn growth(before: &Reconciliation, after: &Reconciliation, seconds: f64) -> Growth {
-    let (b, a) = (parts(before), parts(after));
-    let change = |i: usize| a[i].1 - b[i].1;
-    let mostly = (0..5)
+    let (b, a) = (before.parts(), after.parts());
+    let change = |i: usize| a[i].1 as i64 - b[i].1 as i64;
+    let mostly = (0..a.len())
         .map(|i| (a[i].0, change(i)))
         .filter(|(_, c)| *c > 0)
         .max_by_key(|(_, c)| *c)
         .map(|(name, _)| name.to_owned());
-    let heap_before = b[0].1;
-    let heap_flat = change(0).abs() <= (heap_before / 10).max(1 << 20);
+    let heap_before = b[0].1 as i64;
+    let se = |r: &Reconciliation| {
+        r.detail
+            .heap_estimate
+            .map_or(0.0, |e| e.standard_error().powi(2))
+    };
+    let noise = (3.0 * (se(before) + se(after)).sqrt()) as i64;
+    let heap_flat = change(0).abs() <= (heap_before / 10).max(1 << 20).max(noise);
     let rss = after.rss as i64 - before.rss as i64;
     let explanation = format!(
         "RSS {}{} in {seconds:.0}s{}: heap {}{}, thread stacks {} ({} -> {} threads), other anonymous {}, file pages {}, allocator retained {}",
@@ -197,77 +252,116 @@ pub fn growth(before: &Reconciliation, after: &Reconciliation, seconds: f64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heapprof::sys::procfs::{Stacks, Status};
+    use heapprof::sys::maps::parse_maps;
+    use heapprof::sys::procfs::Status;
 
-    #[test]
-    fn splits_anon() {
-        let p = ProcessMemory {
+    const MIB: u64 = 1 << 20;
+
+    /// A process: a jemalloc-like arena of 40 MiB resident, another
+    /// anonymous mapping, a thread stack, libc.
+    fn process() -> ProcessMemory {
+        let smaps = "\
+7e0000000000-7e0004000000 rw-p 00000000 00:00 0
+Rss:               40960 kB
+Anonymous:         40960 kB
+7e1000000000-7e1000800000 rw-p 00000000 00:00 0
+Rss:                5120 kB
+Anonymous:          5120 kB
+7f0000001000-7f0000801000 rw-p 00000000 00:00 0
+Rss:                 256 kB
+Anonymous:           256 kB
+7f1000000000-7f1000100000 r-xp 00001000 08:01 1234 /usr/lib/libc.so.6
+Rss:                1024 kB
+Anonymous:             0 kB
+";
+        let mappings = parse_maps(smaps);
+        ProcessMemory {
             status: Status {
-                vm_rss: 1000,
-                rss_anon: 700,
-                rss_file: 250,
-                rss_shmem: 50,
+                vm_rss: (40960 + 5120 + 256 + 1024) * 1024,
+                rss_anon: (40960 + 5120 + 256) * 1024,
+                rss_file: 1024 * 1024,
+                threads: 2,
                 ..Status::default()
             },
-            stacks: Stacks {
-                rss: 40,
-                ..Stacks::default()
-            },
+            mappings,
+            stack_mappings: vec![2],
             ..ProcessMemory::default()
-        };
-        let h = HeapSources {
-            profiler_inuse: Some(400),
-            jemalloc_allocated: Some(410),
-            jemalloc_resident: Some(500),
-        };
-        let r = reconcile(&p, &h);
-        assert_eq!(r.live_heap, 400);
-        assert_eq!(r.allocator_retained, 90);
-        assert_eq!(r.other_anon, 700 - 40 - 400 - 90);
-        assert_eq!(r.file + r.shmem + r.anon, r.rss);
-        let none = reconcile(&p, &HeapSources::default());
-        assert_eq!(none.other_anon, 660);
+        }
     }
 
-    fn reading(heap: u64, stacks: u64, threads: u64, other: i64, file: u64) -> Reconciliation {
-        let anon = heap + stacks + other.max(0) as u64;
+    fn resident(heap: u64) -> ResidentDocument {
+        ResidentDocument {
+            heap: Estimate {
+                bytes: heap as f64,
+                samples: 50,
+                variance: 0.0,
+            },
+            allocator_mappings: vec![0x7e00_0000_0000],
+            profiler: vec![(0x7e10_0000_1000, MIB)],
+        }
+    }
+
+    #[test]
+    fn parts_are_the_partition_and_add_up() {
+        let p = process();
+        let r = reconcile(&p, Some(&resident(30 * MIB)));
+        assert_eq!(r.live_heap, 30 * MIB);
+        assert_eq!(r.allocator_retained, 10 * MIB);
+        assert_eq!(r.profiler, MIB);
+        assert_eq!(r.other_anon, 4 * MIB);
+        assert_eq!(r.thread_stacks, 256 * 1024);
+        assert_eq!(r.file, MIB);
+        assert_eq!(r.parts_sum(), r.rss);
+        assert_eq!(r.parts_sum(), r.detail.smaps_rss);
+        // An estimate above the pages never makes a negative part.
+        let r = reconcile(&p, Some(&resident(60 * MIB)));
+        assert_eq!((r.live_heap, r.allocator_retained), (40 * MIB, 0));
+        assert!(r.detail.heap_capped);
+        assert_eq!(r.parts_sum(), r.rss);
+        // No endpoint: the arena is other anonymous memory.
+        let r = reconcile(&p, None);
+        assert_eq!(r.live_heap, 0);
+        assert_eq!(r.other_anon, 45 * MIB);
+        assert_eq!(r.parts_sum(), r.rss);
+    }
+
+    fn reading(heap: u64, stacks: u64, threads: u64, other: u64, file: u64) -> Reconciliation {
         let mut r = Reconciliation {
-            rss: anon + file,
+            rss: heap + stacks + other + file,
             file,
-            anon,
+            anon: heap + stacks + other,
             thread_stacks: stacks,
             live_heap: heap,
             other_anon: other,
             threads,
             ..Reconciliation::default()
         };
-        r.explanation = explain(&r);
+        r.detail.explanation = explain(&r);
         r
     }
 
     #[test]
     fn growth_names_thread_stacks_when_the_heap_is_flat() {
-        const M: u64 = 1 << 20;
-        let before = reading(20 * M, M, 3, 5 * M as i64, 10 * M);
-        let after = reading(20 * M + M / 2, 41 * M, 163, 6 * M as i64, 12 * M);
+        let before = reading(20 * MIB, MIB, 3, 5 * MIB, 10 * MIB);
+        let after = reading(20 * MIB + MIB / 2, 41 * MIB, 163, 6 * MIB, 12 * MIB);
         let g = growth(&before, &after, 10.0);
         assert_eq!(g.mostly.as_deref(), Some("thread stacks"));
         assert!(g.heap_flat);
         assert_eq!(g.threads, (3, 163));
-        assert_eq!(g.thread_stacks, 40 * M as i64);
+        assert_eq!(g.thread_stacks, 40 * MIB as i64);
         assert!(
             g.explanation.contains("mostly thread stacks"),
             "{}",
             g.explanation
         );
         assert!(
-            after.explanation.starts_with(
+            after.detail.explanation.starts_with(
                 "RSS 79.5 MiB = thread stacks 41.0 MiB (52%, 163 threads) + heap 20.5 MiB"
             ),
             "{}",
-            after.explanation
+            after.detail.explanation
         );
-        let heap_grew = reading(60 * M, 41 * M, 163, 6 * M as i64, 12 * M);
+        let heap_grew = reading(60 * MIB, 41 * MIB, 163, 6 * MIB, 12 * MIB);
         let g = growth(&after, &heap_grew, 10.0);
         assert_eq!(g.mostly.as_deref(), Some("heap"));
         assert!(!g.heap_flat);

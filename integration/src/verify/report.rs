@@ -1,8 +1,10 @@
 //! What `verify` found: the profiler's view, the kernel's, the uprobes',
 //! and the checks between them. Serialized as-is by `--json`.
 
+use heapprof::sampling::Estimate;
 use heapprof::sys::cgroup::CgroupMemory;
 use heapprof::sys::procfs::ProcessMemory;
+use heapprof::wire::AllocatorDocument;
 
 use super::check::Check;
 use super::claims::ClaimReport;
@@ -27,17 +29,69 @@ pub struct ProfilerView {
     pub jemalloc_resident: Option<u64>,
 }
 
-/// Changes the profiler reports over the uprobe window.
+/// The window of `--uprobes` / `--kernel`, on `CLOCK_MONOTONIC` (one clock
+/// for every process of the machine), nanoseconds. The probes are all
+/// attached before it opens and detached after it closes; uprobes count
+/// exactly from `opened_ns` to `closed_ns`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Window {
+    /// The window opened (every probe attached, counting started).
+    pub opened_ns: u64,
+    /// The window closed (counting stopped, probes about to be detached).
+    pub closed_ns: u64,
+    /// The profiler's first reading, taken right after the window opened.
+    pub profiler_first_ns: Option<u64>,
+    /// Its last reading, taken right before the window closed.
+    pub profiler_last_ns: Option<u64>,
+    /// The window in one line.
+    pub statement: String,
+}
+
+impl Window {
+    /// Seconds the window was open.
+    pub fn seconds(&self) -> f64 {
+        self.closed_ns.saturating_sub(self.opened_ns) as f64 / 1e9
+    }
+
+    pub(super) fn describe(&mut self) {
+        let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
+        self.statement = match (self.profiler_first_ns, self.profiler_last_ns) {
+            (Some(first), Some(last)) => format!(
+                "open {:.3}s (probes attached before, detached after); the profiler's readings \
+                 {:.1} ms after it opened and {:.1} ms before it closed span {:.3}s of it",
+                self.seconds(),
+                ms(self.opened_ns, first),
+                ms(last, self.closed_ns),
+                ms(first, last) / 1e3
+            ),
+            _ => format!(
+                "open {:.3}s (probes attached before, detached after); no profiler readings",
+                self.seconds()
+            ),
+        };
+    }
+}
+
+/// What the profiler saw over the window, from its readings right after
+/// attaching and right before detaching.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ProfilerWindow {
     /// Change of `inuse_space`.
     pub inuse_change: i64,
     /// Change of `alloc_space`.
     pub alloc_change: i64,
-    /// The site whose `inuse_space` grew most over the window, in the
-    /// target's own profile: its stack (innermost first) and growth. The
-    /// profiler unwinds in-process, so this names the caller even when
-    /// uprobe stacks (frame pointers) stop inside the allocator.
+    /// Bytes allocated between the readings, with the samples behind it.
+    pub allocated: Estimate,
+    /// Live bytes, at the last reading, of allocations made since the
+    /// first (what uprobes see live), with the samples behind it.
+    pub born_in_window: Estimate,
+    /// The sample rate, bytes.
+    pub sample_rate: u64,
+    /// The site whose `inuse_space` grew most, in the target's own
+    /// profiles taken just before attaching and just after detaching: its
+    /// stack (innermost first) and growth. The profiler unwinds
+    /// in-process, so this names the caller even when uprobe stacks (frame
+    /// pointers) stop inside the allocator.
     pub top_growth: Option<(Vec<String>, i64)>,
 }
 
@@ -55,8 +109,13 @@ pub struct LiveGrowth {
 }
 
 impl LiveGrowth {
+    /// The program's live bytes (the profiler's own work left out).
     pub(super) fn of(u: &UprobeReport) -> Self {
-        let bytes: u64 = u.families.iter().map(|f| f.live_bytes).sum();
+        let bytes: u64 = u
+            .families
+            .iter()
+            .map(|f| f.live_bytes.saturating_sub(f.own_live_bytes))
+            .sum();
         let per_sec = if u.window_secs > 0.0 {
             bytes as f64 / u.window_secs
         } else {
@@ -117,8 +176,15 @@ pub fn children_growth(start: &CgroupMemory, end: &CgroupMemory) -> Vec<ChildGro
 pub struct VerifyReport {
     /// The process, if one was named.
     pub pid: Option<u32>,
+    /// The window of `--uprobes` / `--kernel`.
+    pub window: Option<Window>,
     /// The profiler's claims (at the end of the window).
     pub profiler: Option<ProfilerView>,
+    /// The allocator's figures next to the profiler's estimate of the same
+    /// (`/debug/heapprof/sampling`), read at the end.
+    pub allocator: Option<AllocatorDocument>,
+    /// The profiler's sample rate, bytes.
+    pub sample_rate: Option<u64>,
     /// `/proc` view.
     pub process: Option<ProcessMemory>,
     /// Memory cgroup view.
@@ -148,7 +214,8 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    /// Whether every check is within tolerance.
+    /// Whether no check found a disagreement or a false claim (checks
+    /// with too few samples to judge do not fail).
     pub fn ok(&self) -> bool {
         self.checks.iter().all(|c| c.ok)
     }

@@ -256,3 +256,105 @@ impl Drop for ChildCgroup {
         eprintln!("could not remove {}", self.0);
     }
 }
+
+/// The parts of `reconciliation` (every numeric field but `rss`, `anon`
+/// and `threads`).
+pub const RSS_PARTS: [&str; 7] = [
+    "file",
+    "shmem",
+    "thread_stacks",
+    "live_heap",
+    "allocator_retained",
+    "profiler",
+    "other_anon",
+];
+
+/// Asserts what `verify` promises about `reconciliation`: its numeric
+/// fields other than `rss`, `anon` and `threads` are exactly the parts of
+/// the partition, each a byte count (a non-negative integer), and they
+/// sum to RSS within 1%. Returns (sum of the parts, rss).
+pub fn assert_rss_partition(report: &serde_json::Value) -> (u64, u64) {
+    let x = &report["reconciliation"];
+    let fields = x
+        .as_object()
+        .unwrap_or_else(|| panic!("no reconciliation: {report:#}"));
+    let mut numeric: Vec<&str> = fields
+        .iter()
+        .filter(|(_, v)| v.is_number())
+        .map(|(k, _)| k.as_str())
+        .filter(|k| !["rss", "anon", "threads"].contains(k))
+        .collect();
+    numeric.sort_unstable();
+    let mut parts = RSS_PARTS.to_vec();
+    parts.sort_unstable();
+    assert_eq!(numeric, parts, "reconciliation's numeric fields: {x:#}");
+    let sum: u64 = RSS_PARTS
+        .iter()
+        .map(|p| {
+            x[*p]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{p} is not a byte count: {x:#}"))
+        })
+        .sum();
+    let rss = x["rss"].as_u64().expect("rss");
+    assert!(
+        sum.abs_diff(rss) as f64 <= 0.01 * rss as f64,
+        "parts sum to {sum}, RSS is {rss}: {x:#}"
+    );
+    (sum, rss)
+}
+
+/// The check named `name`.
+pub fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {:#}", report["checks"]))
+}
+
+/// Asserts that no check of the profiler (window_*, profiler_vs_*) says
+/// "disagrees": each agrees or has too few samples to judge. Prints them.
+pub fn assert_profiler_not_failed(report: &serde_json::Value) {
+    for c in report["checks"].as_array().expect("checks") {
+        let name = c["name"].as_str().unwrap_or("");
+        if name.starts_with("window_") || name.starts_with("profiler_vs_") {
+            eprintln!("{name}: {}", c["verdict"]);
+            assert_ne!(
+                c["status"], "disagrees",
+                "false failure of the profiler: {c:#}"
+            );
+            assert_eq!(c["ok"], true, "{c:#}");
+        }
+    }
+}
+
+/// Asserts that check `name` was judged and agrees.
+pub fn assert_agrees(report: &serde_json::Value, name: &str) {
+    let c = check(report, name);
+    assert_eq!(c["status"], "agrees", "{c:#}");
+}
+
+/// Spawns example `name` with `--serve 127.0.0.1:0` and `args`, its
+/// discovery files in `dir`; returns it and the address it serves.
+pub fn serve_example(
+    name: &str,
+    args: &[&str],
+    dir: &TempDir,
+    env: &[(&str, &str)],
+) -> (Target, String) {
+    let mut cmd = Command::new(example(name));
+    cmd.args(["--serve", "127.0.0.1:0"])
+        .args(args)
+        .env("HEAPPROF_DIR", &dir.0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut target = Target::spawn(&mut cmd);
+    let addr = target
+        .line_starting("listening on http://")
+        .trim_start_matches("listening on http://")
+        .to_string();
+    (target, addr)
+}

@@ -376,6 +376,31 @@ pub(crate) fn untrimmed(stack: &[usize]) -> Vec<Kept> {
         .collect()
 }
 
+/// Where a stack of function names (innermost first) starts once the
+/// profiler's frames and the allocation plumbing are trimmed from its top,
+/// by the rule profiles follow: the first frame that is not
+/// [`is_plumbing`]; if there is none, the first that is not the
+/// profiler's own; else the end. For stacks captured outside the process
+/// (`heapprof verify --uprobes`), which have names only.
+pub fn first_kept_frame<S: AsRef<str>>(functions: &[S]) -> usize {
+    let first = |keep: &dyn Fn(&str) -> bool| functions.iter().position(|f| keep(f.as_ref()));
+    first(&|f| !is_plumbing(f))
+        .or_else(|| first(&|f| !is_own(f)))
+        .unwrap_or(functions.len())
+}
+
+/// The function every allocation the profiler makes for its own work
+/// (snapshots, symbolization, encoding, its history) runs under, on every
+/// stack: the reentrancy guard's `untracked`, never inlined. Those
+/// allocations are not sampled, by design; an outside observer that sees
+/// every allocation (uprobes) tells them apart by this frame.
+pub const PROFILER_WORK_FRAME: &str = "heapprof::alloc::reentrancy::untracked";
+
+/// Whether `function` is [`PROFILER_WORK_FRAME`].
+pub fn is_profiler_work(function: &str) -> bool {
+    function == PROFILER_WORK_FRAME
+}
+
 /// Removes the profiler's frames and the allocation plumbing from the top of
 /// `stack` (innermost first). If nothing but plumbing is left, only the
 /// profiler's own frames are removed.
@@ -612,6 +637,21 @@ mod tests {
                 },
             ]
         );
+        // The same rule over names alone.
+        let names = [
+            "heapprof::stack::capture",
+            "__rust_alloc",
+            "alloc::raw_vec::RawVec<T>::allocate_in",
+            "app::retain",
+            "main",
+        ];
+        assert_eq!(first_kept_frame(&names), 3);
+        assert_eq!(
+            first_kept_frame(&names[..3]),
+            2,
+            "all plumbing: own frames go"
+        );
+        assert_eq!(first_kept_frame::<&str>(&[]), 0);
         // All plumbing: only the profiler's own frames go.
         let kept = trim(&[1, 2, 4], &resolved);
         assert_eq!(
