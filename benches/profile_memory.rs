@@ -8,8 +8,12 @@
 //! heapprof with heapprof-http (`serve-heapprof`), and the peers
 //! (`serve-peers`): jemalloc's profiler through jemalloc_pprof, symbolized
 //! in process, for heap profiles, and pprof-rs for CPU profiles. Each is
-//! built twice: as a service is usually built (`debug = "limited"`) and
-//! with full debug info and no optimisation, a binary of 200 MB or more.
+//! built twice: as a service is usually built (`debug = "limited"`), and as
+//! a large service in a development build: the `large` feature links what
+//! such a service does (gRPC, an HTTPS client, JSON, regexes, tracing),
+//! built with full debug info, no optimisation, debug assertions and
+//! `-C link-dead-code`, a binary of 200 MB or more (the table gives each
+//! binary's size).
 //!
 //! For each, over HTTP: the first heap profile, a later one (after 12 s,
 //! once jemalloc's decay has returned the first one's pages), 100
@@ -35,28 +39,53 @@ const MIB: f64 = 1048576.0;
 
 fn main() {
     let cpu_seconds = if quick() { 5 } else { 30 };
-    let builds = [
-        ("debug = \"limited\"", "limited", Vec::new()),
-        (
-            "full debug info, unoptimised",
-            "full",
-            vec![
+    let builds: [Build; 2] = [
+        Build {
+            what: "debug = \"limited\"",
+            dir: "limited",
+            features: "",
+            rustflags: "",
+            env: &[],
+        },
+        Build {
+            what: "large service, full debug info, unoptimised",
+            dir: "full",
+            features: ",large",
+            rustflags: "-C link-dead-code=yes",
+            env: &[
                 ("CARGO_PROFILE_RELEASE_DEBUG", "2"),
                 ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "0"),
+                ("CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS", "true"),
+                ("CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS", "true"),
             ],
-        ),
+        },
     ];
     println!(
         "| program | binary | first heap | later heap | 100 concurrent | CPU {cpu_seconds} s: while | kept |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (what, dir, env) in &builds {
-        let heapprof = build_one(dir, &["--features", "http", "--bin", "serve-heapprof"], env)
-            .map(|d| d.join("serve-heapprof"));
+    for b in &builds {
+        let (what, dir) = (b.what, b.dir);
+        let heapprof = build_one(
+            dir,
+            &[
+                "--features",
+                &format!("http{}", b.features),
+                "--bin",
+                "serve-heapprof",
+            ],
+            b,
+        )
+        .map(|d| d.join("serve-heapprof"));
         let peers = build_one(
             &format!("{dir}-prof"),
-            &["--features", "prof,symbolize", "--bin", "serve-peers"],
-            env,
+            &[
+                "--features",
+                &format!("prof,symbolize{}", b.features),
+                "--bin",
+                "serve-peers",
+            ],
+            b,
         )
         .map(|d| d.join("serve-peers"));
         for (who, bin) in [("heapprof", heapprof), ("jemalloc_pprof + pprof-rs", peers)] {
@@ -80,9 +109,21 @@ fn main() {
     }
 }
 
-fn build_one(dir: &str, args: &[&str], env: &[(&str, &str)]) -> Result<PathBuf, String> {
+/// One way of building the service.
+struct Build {
+    /// What the table's binary column says.
+    what: &'static str,
+    /// Target directory under `target/bench-programs/memory-`.
+    dir: &'static str,
+    /// Features added to each program's own.
+    features: &'static str,
+    rustflags: &'static str,
+    env: &'static [(&'static str, &'static str)],
+}
+
+fn build_one(dir: &str, args: &[&str], b: &Build) -> Result<PathBuf, String> {
     let target = programs_dir().join(format!("memory-{dir}"));
-    build(&target, args, "", env).map(|()| target.join("release"))
+    build(&target, args, b.rustflags, b.env).map(|()| target.join("release"))
 }
 
 /// The five figures of one program, formatted.
@@ -99,6 +140,7 @@ fn measure(bin: &Path, cpu_seconds: u64) -> [String; 5] {
     std::thread::sleep(Duration::from_secs(12));
     let later = peak_rise(pid, || get(&addr, heap));
     std::thread::sleep(Duration::from_secs(12));
+    let mut failed = 0;
     let burst = peak_rise(pid, || {
         let clients: Vec<_> = (0..100)
             .map(|_| {
@@ -106,10 +148,13 @@ fn measure(bin: &Path, cpu_seconds: u64) -> [String; 5] {
                 std::thread::spawn(move || get(&addr, heap))
             })
             .collect();
-        clients
+        let answered = clients
             .into_iter()
             .map(|c| c.join().unwrap())
-            .sum::<usize>()
+            .filter(|&bytes| bytes > 0)
+            .count();
+        failed = 100 - answered;
+        answered
     });
     std::thread::sleep(Duration::from_secs(12));
     let before = rss_anon(pid);
@@ -126,7 +171,10 @@ fn measure(bin: &Path, cpu_seconds: u64) -> [String; 5] {
     [
         mib(first),
         mib(later),
-        mib(burst),
+        match failed {
+            0 => mib(burst),
+            n => format!("{} ({n} of 100 failed)", mib(burst)),
+        },
         mib(cpu),
         format!("{:.1} MiB", kept as f64 / MIB),
     ]

@@ -1,7 +1,8 @@
 //! Every block the profiler frees or reallocates goes back to the inner
 //! allocator with the layout it was allocated with: the caller's for
-//! unsampled blocks, the alignment-raised one for sampled blocks, across
-//! realloc from one to the other. jemalloc's sized free trusts that layout,
+//! unsampled blocks, the padded or alignment-raised one for sampled blocks,
+//! across realloc from one to the other; and a sampled block holds what
+//! the program wrote, and zeros when it asked for them. jemalloc's sized free trusts that layout,
 //! so a mistake here corrupts its heap silently; this test's inner
 //! allocator checks it on every call instead.
 
@@ -139,6 +140,9 @@ unsafe impl GlobalAlloc for Checked {
     }
 }
 
+/// The tests set the process-wide sample rate: one at a time.
+static RATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[global_allocator]
 static ALLOC: heapprof::Profiler<Checked> = heapprof::Profiler::new(Checked);
 
@@ -151,6 +155,8 @@ fn churn_sizes(round: usize) -> Vec<Vec<u8>> {
     {
         let mut v = vec![(round + i) as u8; size];
         v.extend_from_slice(&[1; 100]); // realloc of a sampled block
+        assert!(v[..size].iter().all(|&b| b == (round + i) as u8));
+        assert!(v[size..].iter().all(|&b| b == 1));
         if i % 2 == 0 {
             kept.push(v);
         } else {
@@ -162,6 +168,7 @@ fn churn_sizes(round: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn sampled_blocks_are_freed_with_the_layout_they_were_allocated_with() {
+    let _rate = RATE.lock().unwrap_or_else(|e| e.into_inner());
     // Every allocation sampled, then (rate 4096) a mix of sampled and
     // unsampled blocks reallocated into each other.
     heapprof::set_sample_rate(1);
@@ -182,4 +189,23 @@ fn sampled_blocks_are_freed_with_the_layout_they_were_allocated_with() {
         0,
         "blocks freed with another layout than they were allocated with"
     );
+}
+
+#[test]
+fn zeroed_sampled_blocks_are_zero_on_reused_memory() {
+    let _rate = RATE.lock().unwrap_or_else(|e| e.into_inner());
+    heapprof::set_sample_rate(1);
+    for round in 0..20 {
+        for size in [24usize, 4000, 5000, 20_000, 40_000] {
+            // Dirty a block of this size, free it, then ask for zeros:
+            // the allocator hands the dirty memory back.
+            black_box(vec![0xa5u8; size]);
+            let zeroed = black_box(vec![0u8; size]);
+            assert!(
+                zeroed.iter().all(|&b| b == 0),
+                "round {round}, {size} bytes"
+            );
+        }
+    }
+    heapprof::set_sample_rate(0);
 }

@@ -16,9 +16,10 @@
 //! - **the allocator's own allocations**: jemalloc counts the thread
 //!   caches' structures, which it allocates from its arenas, as allocated
 //!   too; `internal` says how many bytes and is subtracted;
-//! - **sampled blocks**: each is allocated page-aligned, so a small one
-//!   takes a page where it would have taken its size class. The exact
-//!   difference, summed over the live samples, is subtracted;
+//! - **sampled blocks**: each is padded by a page (small ones) or
+//!   allocated page-aligned (large ones), so it takes more than its size
+//!   class. The exact difference, summed over the live samples, is
+//!   subtracted;
 //! - **the profiler's own work**: heap it holds without sampling it
 //!   (`heapprof::Stats::own_heap_bytes`), subtracted.
 //!
@@ -27,7 +28,7 @@
 //! glibc allocations (the C library's own), and a glibc process that links
 //! jemalloc leaves it idle.
 
-use heapprof::sampling::{self, Estimate, SAMPLED_BLOCK_ALIGN};
+use heapprof::sampling::{self, Estimate};
 use heapprof::sys::glibc;
 use heapprof::wire::AllocatorDocument;
 
@@ -86,15 +87,15 @@ fn document_of(name: &str, figures: [u64; 5], estimate: Estimate) -> AllocatorDo
 }
 
 /// The profiler's estimate of the live allocations at usable size
-/// (`usable(size, align)`), and what the sampled blocks' alignment adds
-/// over the live samples.
+/// (`usable(size, align)`), and what the sampled blocks' padding or
+/// alignment adds over the live samples.
 fn estimate_at_usable_sizes(usable: impl Fn(u64, u64) -> u64) -> (Estimate, u64) {
     let mut estimate = Estimate::default();
     let mut extra = 0u64;
     sampling::for_each_live_sample(|s| {
         let plain = usable(s.size, 1);
         estimate.add(plain, s.weight);
-        extra += usable(s.size, SAMPLED_BLOCK_ALIGN as u64).saturating_sub(plain);
+        extra += usable(s.inner_size, s.inner_align).saturating_sub(plain);
     });
     (estimate, extra)
 }

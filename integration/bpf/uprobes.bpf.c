@@ -6,6 +6,12 @@
 // its own pending map because glibc's realloc(NULL, n) calls malloc inside.
 // The attach cookie says which allocator family a probe belongs to
 // (0 = libc, 1 = jemalloc), so one program serves both.
+//
+// heapprof pads the blocks of small sampled allocations (size + 4096 asked
+// of the allocator) and then calls heapprof_sampled_block(inner,
+// inner_size, ptr, size); a probe there sets the recorded size of that
+// inner block back to what the program asked for, so the counts stay
+// exact with the profiler sampling.
 #include <linux/bpf.h>
 #include <linux/ptrace.h>
 #include <bpf/bpf_helpers.h>
@@ -42,6 +48,9 @@ struct totals {
 	__u64 dropped;
 	__u64 probe_hits;
 	__u64 stack_errors;
+	/* allocations heapprof padded, and the padding taken off alloc_bytes */
+	__u64 padded;
+	__u64 padding_bytes;
 };
 
 struct {
@@ -307,6 +316,33 @@ int BPF_KRETPROBE(realloc_exit, __u64 ret)
 		forget(ctx, old);
 	if (ret != 0)
 		record(ctx, ret, size);
+	return 0;
+}
+
+/* heapprof_sampled_block(inner, inner_size, ptr, size): the inner block,
+ * just recorded by the allocator's return probe with inner_size bytes,
+ * holds a sampled allocation of size bytes. */
+SEC("uprobe")
+int BPF_KPROBE(sampled_block_enter, __u64 inner, __u64 inner_size, __u64 ptr, __u64 size)
+{
+	if (!ours() || !counting())
+		return 0;
+	struct alloc_info *info = bpf_map_lookup_elem(&live, &inner);
+	if (!info || info->size != inner_size || size > inner_size)
+		return 0;
+	__u64 padding = inner_size - size;
+	info->size = size;
+	__u32 family = (__u32)info->family;
+	struct totals *t = bpf_map_lookup_elem(&totals, &family);
+	if (t) {
+		__sync_fetch_and_add(&t->alloc_bytes, -padding);
+		__sync_fetch_and_add(&t->padded, 1);
+		__sync_fetch_and_add(&t->padding_bytes, padding);
+	}
+	struct stack_key key = { .stack_id = info->stack_id, .family = info->family };
+	struct stack_totals *st = bpf_map_lookup_elem(&alloc_stacks, &key);
+	if (st)
+		__sync_fetch_and_add(&st->bytes, -padding);
 	return 0;
 }
 

@@ -1,6 +1,11 @@
 //! A Rust + jemalloc process with an exactly known heap, for
-//! `heapprof verify --uprobes` tests (no profiler: every byte it allocates
-//! after `go` is one the test expects).
+//! `heapprof verify --uprobes` tests: every byte it allocates after `go` is
+//! one the test expects.
+//!
+//! `alloc_target [RATE]`: heapprof's sample rate, 0 (off: every call
+//! reaches jemalloc unchanged) unless given. At 1 every allocation is
+//! sampled, and the small ones' blocks are padded, which the uprobes must
+//! see through.
 //!
 //! Protocol: prints `ready PID`; then for each stdin line:
 //! - `go`: allocates a fixed set through every jemalloc entry point Rust
@@ -12,7 +17,8 @@ use std::hint::black_box;
 use std::io::{BufRead, Write};
 
 #[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
+    heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
 
 /// Over-aligned, so `Box::new` goes to `_rjem_mallocx`.
 #[repr(align(64))]
@@ -39,6 +45,11 @@ fn allocate_known_set() -> KnownSet {
 }
 
 fn main() {
+    let rate = std::env::args()
+        .nth(1)
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    heapprof::set_sample_rate(rate);
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "ready {}", std::process::id());
     let _ = out.flush();

@@ -87,12 +87,15 @@ fn c_glibc_target_live_bytes_are_exact() {
     target.send("x");
 }
 
-#[test]
-fn rust_jemalloc_target_live_bytes_are_exact() {
-    if bpf_skipped_by_request("rust_jemalloc_target_live_bytes_are_exact") {
-        return;
-    }
-    let mut target = Target::spawn(&mut Command::new(example("alloc_target")));
+/// Runs `alloc_target` (with `args` and `env`) under `verify --uprobes`
+/// while it allocates its known set; checks the jemalloc family's live
+/// bytes and count against it and returns (exit code, report).
+fn known_set_under_uprobes(args: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value) {
+    let mut target = Target::spawn(
+        Command::new(example("alloc_target"))
+            .args(args)
+            .envs(env.iter().copied()),
+    );
     target.line_starting("ready ");
     let pid = target.pid().to_string();
     let mut done = String::new();
@@ -105,6 +108,16 @@ fn rust_jemalloc_target_live_bytes_are_exact() {
     let je = family(&report, "jemalloc");
     assert_eq!(je["live_bytes"], expected, "{je:#}\n{stderr}");
     assert_eq!(je["live_count"], 103, "{je:#}");
+    (code, report)
+}
+
+#[test]
+fn rust_jemalloc_target_live_bytes_are_exact() {
+    if bpf_skipped_by_request("rust_jemalloc_target_live_bytes_are_exact") {
+        return;
+    }
+    let (code, report) = known_set_under_uprobes(&[], &[]);
+    let je = family(&report, "jemalloc");
     let symbols = je["symbols"].to_string();
     for s in [
         "_rjem_malloc",
@@ -120,9 +133,38 @@ fn rust_jemalloc_target_live_bytes_are_exact() {
     }
     // 50 churned buffers were allocated and freed inside the window.
     assert!(je["free_count"].as_u64().unwrap() >= 51, "{je:#}");
+    assert_eq!(je["padded"], 0, "sampling is off: {je:#}");
     // Frame-pointer unwinding through jemalloc (built without frame
     // pointers) may skip the immediate caller; the binary's frames remain.
     let stacks = report["uprobes"]["top_stacks"].to_string();
     assert!(stacks.contains("alloc_target::"), "stacks: {stacks}");
+    assert_eq!(code, 0, "{report:#}");
+}
+
+/// With every allocation sampled, heapprof pads the small ones' blocks
+/// (4 KiB more asked of jemalloc) and says so at `heapprof_sampled_block`:
+/// the uprobes still count exactly the bytes the program asked for.
+#[test]
+fn padded_samples_stay_exact() {
+    if bpf_skipped_by_request("padded_samples_stay_exact") {
+        return;
+    }
+    // Frame pointers: no unwind-table thread starting inside the window.
+    let (code, report) = known_set_under_uprobes(&["1"], &[("HEAPPROF_UNWIND", "fp")]);
+    let je = family(&report, "jemalloc");
+    // The vector of boxes, 100 boxes, 1000 bytes grown to 10000, 50
+    // churned buffers: padded; the 64-byte-aligned box is not.
+    let padded = je["padded"].as_u64().unwrap();
+    assert!(padded >= 153, "{je:#}");
+    assert_eq!(
+        je["padding_bytes"].as_u64().unwrap(),
+        padded * 4096,
+        "{je:#}"
+    );
+    assert!(
+        report["uprobes"]["sampled_block_probe"].is_string(),
+        "{:#}",
+        report["uprobes"]
+    );
     assert_eq!(code, 0, "{report:#}");
 }

@@ -8,22 +8,18 @@
 //! hashes every address; tcmalloc and jemalloc already hold per-page metadata
 //! and tag the sampled object's page.
 //!
-//! heapprof tags by alignment. A sampled allocation is made from the inner
-//! allocator with its alignment raised to [`TAG_ALIGN`] (4 KiB), so every
-//! sampled pointer is page-aligned. `dealloc` first tests
-//! `ptr & (TAG_ALIGN - 1)`: one AND and a branch that rejects every
-//! pointer that is not page-aligned, which for small objects is nearly all of
-//! them (glibc never returns page-aligned blocks for ordinary requests;
-//! jemalloc does for the first object of a slab, and for large sizes only
-//! now and then: it offsets large blocks by a random multiple of 64 bytes
-//! within their first page, `opt.cache_oblivious`). Only
-//! page-aligned pointers probe this table, one cache line, no lock, and
-//! only while something sampled is live (one load of a counter).
+//! heapprof tags the pointer: every sampled pointer sits at a fixed offset
+//! within its 4 KiB page, chosen to be rare among ordinary pointers
+//! (`block`, which also says how the inner allocator's block is padded to
+//! get there). `dealloc` tests that offset first, one AND and a compare;
+//! only tagged pointers look further, and only while something sampled is
+//! live (one load of a counter), at one cache line of this table, with no
+//! lock.
 //!
-//! The cost is memory: a sampled allocation smaller than a page occupies a
-//! page. At the default rate that is at most 4 KiB per 512 KiB allocated
-//! (under 1%); at rate 1 it multiplies small-object memory, which is why
-//! rate 1 is for tests.
+//! The cost is memory: a sampled allocation occupies about a page more
+//! than its size. At the default rate that is at most 4 KiB per 512 KiB
+//! allocated (under 1%); at rate 1 it multiplies small-object memory,
+//! which is why rate 1 is for tests.
 //!
 //! # The table
 //!
@@ -39,8 +35,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-/// Alignment that marks a sampled allocation.
-pub(crate) const TAG_ALIGN: usize = 4096;
+use super::block::PAGE;
 
 const BUCKET_BITS: u32 = 14;
 const BUCKETS: usize = 1 << BUCKET_BITS;
@@ -50,7 +45,7 @@ pub(crate) const WAYS: usize = 8;
 pub(crate) const CAPACITY: usize = BUCKETS * WAYS;
 
 const EMPTY: usize = 0;
-/// A claimed slot whose record is being written; never a page-aligned address.
+/// A claimed slot whose record is being written; never a sampled address.
 const CLAIMED: usize = 1;
 
 /// What the profiler remembers about one live sampled allocation.
@@ -64,6 +59,11 @@ pub(crate) struct Record {
     pub born_ns: u64,
     /// Requested size in bytes.
     pub size: u64,
+    /// Bytes from the inner allocator's block to the sampled pointer
+    /// (`block`; 0 unless padded).
+    pub offset: u16,
+    /// Bytes the inner block has beyond `size` (`block::PAD`, or 0).
+    pub pad: u16,
 }
 
 #[repr(C, align(64))]
@@ -79,6 +79,8 @@ struct Bucket {
 /// re-checks the key to skip records that changed under it.
 struct Slot {
     site: AtomicU32,
+    /// `offset | pad << 16`.
+    placement: AtomicU32,
     weight_fx: AtomicU64,
     born_ns: AtomicU64,
     size: AtomicU64,
@@ -88,6 +90,7 @@ impl Slot {
     const fn new() -> Self {
         Slot {
             site: AtomicU32::new(0),
+            placement: AtomicU32::new(0),
             weight_fx: AtomicU64::new(0),
             born_ns: AtomicU64::new(0),
             size: AtomicU64::new(0),
@@ -96,13 +99,20 @@ impl Slot {
 
     fn write(&self, r: Record) {
         self.site.store(r.site, Ordering::Relaxed);
+        self.placement.store(
+            u32::from(r.offset) | u32::from(r.pad) << 16,
+            Ordering::Relaxed,
+        );
         self.weight_fx.store(r.weight_fx, Ordering::Relaxed);
         self.born_ns.store(r.born_ns, Ordering::Relaxed);
         self.size.store(r.size, Ordering::Relaxed);
     }
 
     fn read(&self) -> Record {
+        let placement = self.placement.load(Ordering::Relaxed);
         Record {
+            offset: placement as u16,
+            pad: (placement >> 16) as u16,
             site: self.site.load(Ordering::Relaxed),
             weight_fx: self.weight_fx.load(Ordering::Relaxed),
             born_ns: self.born_ns.load(Ordering::Relaxed),
@@ -119,12 +129,19 @@ static BUCKETS_TABLE: [Bucket; BUCKETS] = [const {
 
 static RECORDS: [Slot; CAPACITY] = [const { Slot::new() }; CAPACITY];
 
-/// Live entries, on a cache line of its own: every page-aligned free reads
-/// it, sampled allocations and frees write it.
+/// Live entries and the next slot of [`FREED`], on a cache line of their
+/// own: every tagged free reads `live`, sampled allocations and frees
+/// write them.
 #[repr(align(64))]
-struct LiveCount(AtomicUsize);
+struct LiveCount {
+    live: AtomicUsize,
+    freed_next: AtomicUsize,
+}
 
-static LIVE: LiveCount = LiveCount(AtomicUsize::new(0));
+static LIVE: LiveCount = LiveCount {
+    live: AtomicUsize::new(0),
+    freed_next: AtomicUsize::new(0),
+};
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Addresses of the last [`FREED_KEPT`] sampled blocks freed, a ring: they
@@ -132,17 +149,10 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// (`profile::resident`). One relaxed write per sampled free.
 const FREED_KEPT: usize = 4096;
 static FREED: [AtomicUsize; FREED_KEPT] = [const { AtomicUsize::new(0) }; FREED_KEPT];
-static FREED_NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether `ptr` can be a sampled allocation: the one test on every free.
-#[inline(always)]
-pub(crate) fn may_be_sampled(ptr: *mut u8) -> bool {
-    (ptr as usize) & (TAG_ALIGN - 1) == 0
-}
 
 #[inline(always)]
 fn bucket_of(ptr: usize) -> usize {
-    let page = (ptr / TAG_ALIGN) as u64;
+    let page = (ptr / PAGE) as u64;
     (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BUCKET_BITS)) as usize
 }
 
@@ -154,7 +164,7 @@ fn record_slot(bucket: usize, way: usize) -> &'static Slot {
 /// when its bucket is full; the caller must then treat it as unsampled.
 pub(crate) fn insert(ptr: *mut u8, record: Record) -> bool {
     let addr = ptr as usize;
-    debug_assert!(addr > CLAIMED && may_be_sampled(ptr));
+    debug_assert!(addr > CLAIMED);
     let b = bucket_of(addr);
     for (way, key) in BUCKETS_TABLE[b].keys.iter().enumerate() {
         if key
@@ -164,7 +174,7 @@ pub(crate) fn insert(ptr: *mut u8, record: Record) -> bool {
             // The CAS gave this thread the slot until it publishes the key.
             record_slot(b, way).write(record);
             key.store(addr, Ordering::Release);
-            LIVE.0.fetch_add(1, Ordering::Relaxed);
+            LIVE.live.fetch_add(1, Ordering::Relaxed);
             return true;
         }
     }
@@ -185,8 +195,8 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Record> {
             // written, and only this owner can clear it.
             let record = record_slot(b, way).read();
             key.store(EMPTY, Ordering::Release);
-            LIVE.0.fetch_sub(1, Ordering::Relaxed);
-            let slot = FREED_NEXT.fetch_add(1, Ordering::Relaxed) % FREED_KEPT;
+            LIVE.live.fetch_sub(1, Ordering::Relaxed);
+            let slot = LIVE.freed_next.fetch_add(1, Ordering::Relaxed) % FREED_KEPT;
             FREED[slot].store(addr, Ordering::Relaxed);
             return Some(record);
         }
@@ -194,19 +204,19 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Record> {
     None
 }
 
-/// Whether `ptr` is a live sampled allocation: the free path's whole test.
-/// A pointer that is not page-aligned costs one AND; a page-aligned one,
-/// while nothing sampled is live (sampling off, or every sample freed),
-/// one more load; otherwise a probe of its bucket. Only meaningful when
-/// called by the owner of `ptr`.
+/// Whether the tagged pointer `ptr` is a live sampled allocation: the
+/// free path's test after the tag (`block::is_tagged`). While nothing
+/// sampled is live (sampling off, or every sample freed) one load;
+/// otherwise a probe of its bucket. Only meaningful when called by the
+/// owner of `ptr`.
 ///
 /// The count cannot read 0 while the owner's own entry is live: its
 /// increment happened before the owner received the pointer, and every
 /// decrement in the count's history follows the increment of the same
 /// entry, so each value since then includes this entry.
 #[inline(always)]
-pub(crate) fn is_sampled(ptr: *mut u8) -> bool {
-    may_be_sampled(ptr) && LIVE.0.load(Ordering::Relaxed) != 0 && contains(ptr)
+pub(crate) fn is_live(ptr: *mut u8) -> bool {
+    LIVE.live.load(Ordering::Relaxed) != 0 && contains(ptr)
 }
 
 /// Whether `ptr` is a live sampled allocation. Only meaningful when called
@@ -262,7 +272,7 @@ pub(crate) fn for_each_freed(mut f: impl FnMut(usize)) {
 
 /// Live sampled allocations currently tracked.
 pub(crate) fn live() -> usize {
-    LIVE.0.load(Ordering::Relaxed)
+    LIVE.live.load(Ordering::Relaxed)
 }
 
 /// Samples not taken because their bucket was full.
@@ -294,18 +304,8 @@ mod tests {
     use super::*;
 
     fn page(n: usize) -> *mut u8 {
-        // Fake page-aligned addresses far from anything real tests use.
-        ((0x7e00_0000_0000usize) + n * TAG_ALIGN) as *mut u8
-    }
-
-    #[test]
-    fn only_page_aligned_pointers_are_candidates() {
-        assert!(may_be_sampled(page(3)));
-        assert!(!may_be_sampled(unsafe_offset(page(3), 16)));
-    }
-
-    fn unsafe_offset(p: *mut u8, n: usize) -> *mut u8 {
-        (p as usize + n) as *mut u8
+        // Fake sampled addresses far from anything real tests use.
+        ((0x7e00_0000_0000usize) + n * PAGE + 4080) as *mut u8
     }
 
     #[test]
@@ -316,11 +316,14 @@ mod tests {
             weight_fx: 300,
             born_ns: 42,
             size: 10,
+            offset: 16,
+            pad: 4096,
         };
         assert!(insert(p, rec));
         assert!(remove(page(2)).is_none());
         let got = remove(p).expect("present");
         assert_eq!((got.site, got.weight_fx, got.born_ns), (7, 300, 42));
+        assert_eq!((got.offset, got.pad), (16, 4096));
         assert!(remove(p).is_none());
         let mut freed = Vec::new();
         for_each_freed(|a| freed.push(a));

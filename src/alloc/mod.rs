@@ -13,6 +13,7 @@
 //! never call out (`spin`), and releases them across `fork` (`fork`);
 //! thread-locals are const-initialised without destructors.
 
+pub(crate) mod block;
 pub(crate) mod clock;
 pub(crate) mod config;
 mod env;

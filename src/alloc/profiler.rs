@@ -2,7 +2,8 @@
 //!
 //! The unsampled path of every method is inlined and does, beyond the inner
 //! allocator's call, one thread-local subtract (`sampler::should_sample`) and,
-//! on free, one alignment test (`live_table::is_sampled`). Everything the
+//! on free, one test of the pointer's offset in its page (`block::is_tagged`).
+//! Everything the
 //! sampled path does (stack capture, site lookup, bookkeeping) runs under the
 //! reentrancy guard, in `#[cold]` functions, and never panics: a failure
 //! anywhere there turns the allocation back into an unsampled one.
@@ -10,7 +11,8 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
 
-use super::live_table::{self, Record, TAG_ALIGN};
+use super::block::{self, Block, heapprof_sampled_block};
+use super::live_table::{self, Record};
 use super::reentrancy::Reentrancy;
 use super::site_table::{self, MAX_DEPTH};
 use super::{clock, sampler, stack};
@@ -39,12 +41,6 @@ impl<A> Profiler<A> {
     }
 }
 
-/// The layout a sampled allocation is made with: same size, page-aligned.
-#[inline]
-fn tagged(layout: Layout) -> Option<Layout> {
-    Layout::from_size_align(layout.size(), layout.align().max(TAG_ALIGN)).ok()
-}
-
 impl<A: GlobalAlloc> Profiler<A> {
     /// Allocates `layout` as a sampled allocation at `rate`, or, if anything
     /// on the way fails, as an ordinary one.
@@ -65,22 +61,30 @@ impl<A: GlobalAlloc> Profiler<A> {
         let Some(_guard) = Reentrancy::enter() else {
             return plain(&self.inner);
         };
-        let Some(tagged_layout) = tagged(layout) else {
+        let Some(block) = Block::for_layout(layout) else {
             return plain(&self.inner);
         };
         let mut frames = [0usize; MAX_DEPTH];
         let depth = stack::capture(&mut frames);
         let site = site_table::intern(&frames[..depth], labels::current_id());
-        // SAFETY: same size as the caller's non-zero layout, valid alignment.
-        let p = unsafe {
-            if zeroed {
-                self.inner.alloc_zeroed(tagged_layout)
+        // SAFETY: block.inner has a non-zero size (at least the caller's)
+        // and a valid alignment (Block::for_layout).
+        let inner = unsafe {
+            if zeroed && !block.padded {
+                self.inner.alloc_zeroed(block.inner)
             } else {
-                self.inner.alloc(tagged_layout)
+                self.inner.alloc(block.inner)
             }
         };
-        if p.is_null() {
-            return p;
+        if inner.is_null() {
+            return inner;
+        }
+        let offset = block.offset_of(inner);
+        // SAFETY: offset + size <= block.inner.size() (Block::offset_of).
+        let p = unsafe { inner.add(offset) };
+        if zeroed && block.padded {
+            // SAFETY: p is valid for the caller's size bytes (above).
+            unsafe { p.write_bytes(0, layout.size()) };
         }
         let weight_fx = sampler::weight_fx(layout.size(), rate);
         let record = Record {
@@ -88,32 +92,55 @@ impl<A: GlobalAlloc> Profiler<A> {
             weight_fx,
             born_ns: clock::monotonic_ns(),
             size: layout.size() as u64,
+            offset: offset as u16,
+            pad: block.pad() as u16,
         };
         if !live_table::insert(p, record) {
             // No room to remember it: give the block back, allocate plainly.
-            // SAFETY: p was just allocated with tagged_layout.
-            unsafe { self.inner.dealloc(p, tagged_layout) };
+            // SAFETY: inner was just allocated with block.inner.
+            unsafe { self.inner.dealloc(inner, block.inner) };
             return plain(&self.inner);
         }
         site_table::record_alloc(site, layout.size(), weight_fx);
+        if block.padded {
+            heapprof_sampled_block(inner, block.inner.size(), p, layout.size());
+        }
         p
+    }
+
+    /// Frees a pointer that may be sampled (`block::may_be_tagged`): out
+    /// of line, so that every `dealloc` inlines one test.
+    #[inline(never)]
+    fn dealloc_tagged(&self, ptr: *mut u8, layout: Layout) {
+        if block::is_tagged(ptr, layout) && live_table::is_live(ptr) {
+            return self.dealloc_sampled(ptr, layout);
+        }
+        // SAFETY: not in the live table, so never sampled (or no longer,
+        // which only its owner, the caller, could cause): inner allocated
+        // it with this layout.
+        unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     /// Frees a pointer found in the live table: a sampled allocation.
     #[cold]
     #[inline(never)]
     fn dealloc_sampled(&self, ptr: *mut u8, layout: Layout) {
-        match live_table::remove(ptr) {
-            Some(record) => {
+        let block = Block::for_layout(layout);
+        match (live_table::remove(ptr), block) {
+            (Some(record), Some(block)) => {
                 site_table::record_free(record.site, layout.size(), record.weight_fx);
-                let inner_layout = tagged(layout).unwrap_or(layout);
-                // SAFETY: ptr was allocated by alloc_sampled with exactly
-                // this tagged layout (same size, raised alignment).
-                unsafe { self.inner.dealloc(ptr, inner_layout) }
+                // SAFETY: alloc_sampled made ptr `offset` bytes into a block
+                // it allocated with Block::for_layout(layout), the same
+                // layout the caller frees it with.
+                unsafe {
+                    let inner = ptr.sub(usize::from(record.offset));
+                    self.inner.dealloc(inner, block.inner)
+                }
             }
             // SAFETY: not sampled (only its owner could have removed it),
-            // so allocated by inner with `layout`.
-            None => unsafe { self.inner.dealloc(ptr, layout) },
+            // so allocated by inner with `layout`. (A sampled block always
+            // has a Block: alloc_sampled made it from the same layout.)
+            _ => unsafe { self.inner.dealloc(ptr, layout) },
         }
     }
 
@@ -143,11 +170,13 @@ impl<A: GlobalAlloc> Profiler<A> {
 }
 
 // SAFETY: every method either forwards to `inner` with the caller's layout,
-// or (sampled allocations) uses a layout of the same size with alignment
-// raised to TAG_ALIGN and records the pointer in live_table, whose lookup on
-// free/realloc restores that exact layout. Pointers handed out satisfy the
-// caller's layout because the raised alignment is a multiple of the
-// requested one.
+// or (sampled allocations) asks inner for `Block::for_layout(layout)` (a
+// padded block at the caller's alignment, or the caller's size at page
+// alignment) and records the pointer it hands out (at the layout's tag),
+// with its offset into the block, in live_table, whose lookup on free/realloc
+// restores that exact block. Pointers handed out satisfy the caller's
+// layout: the tag (or page alignment) is a multiple of the requested
+// alignment, and the caller's size fits after the offset.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -171,19 +200,22 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if live_table::is_sampled(ptr) {
-            return self.dealloc_sampled(ptr, layout);
+        if block::may_be_tagged(ptr) {
+            return self.dealloc_tagged(ptr, layout);
         }
-        // SAFETY: not in the live table, so never sampled (or no longer,
-        // which only its owner, the caller, could cause): inner allocated
-        // it with this layout.
+        // SAFETY: not where a sampled pointer is, so never sampled: inner
+        // allocated it with this layout.
         unsafe { self.inner.dealloc(ptr, layout) }
     }
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let rate = sampler::should_sample(new_size);
-        if rate == 0 && !live_table::is_sampled(ptr) {
+        if rate == 0
+            && !(block::may_be_tagged(ptr)
+                && block::is_tagged(ptr, layout)
+                && live_table::is_live(ptr))
+        {
             // SAFETY: ptr is not sampled, so inner allocated it with layout.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }

@@ -74,10 +74,15 @@ impl Tally {
     }
 }
 
-/// Counters of one site.
+/// Counters of one site: the allocation side shares the site's first
+/// cache line with its key (a sample's lookup and count touch one line),
+/// the free side has the second.
 #[derive(Default)]
+#[repr(C)]
 pub(crate) struct Counters {
     alloc: Tally,
+    /// Puts `free` at the start of the site's second line.
+    _line: u64,
     free: Tally,
 }
 
@@ -113,14 +118,19 @@ impl Counters {
     }
 }
 
-#[repr(C)]
+/// One site: its key (hash, stack, labels) and counters, two cache lines.
+#[repr(C, align(64))]
 struct Site {
     hash: u64,
     frames: *const usize,
-    depth: usize,
+    depth: u32,
     labels: u32,
     counters: Counters,
 }
+
+const _: () = assert!(core::mem::size_of::<Site>() == 128);
+const _: () =
+    assert!(core::mem::offset_of!(Site, counters) + core::mem::offset_of!(Counters, free) == 64);
 
 /// Memory and bound figures of the table.
 #[derive(Clone, Copy, Debug, Default)]
@@ -185,7 +195,7 @@ pub(crate) fn intern(frames: &[usize], labels: u32) -> u32 {
         ptr::copy_nonoverlapping(frames.as_ptr(), stack, frames.len());
         (*site).hash = hash;
         (*site).frames = stack;
-        (*site).depth = frames.len();
+        (*site).depth = frames.len() as u32; // at most MAX_DEPTH
         (*site).labels = labels;
     }
     COUNT.store(id + 1, Ordering::Release);
@@ -230,7 +240,7 @@ unsafe fn stack_of<'a>(site: *const Site) -> &'a [usize] {
         if (*site).depth == 0 {
             &[]
         } else {
-            core::slice::from_raw_parts((*site).frames, (*site).depth)
+            core::slice::from_raw_parts((*site).frames, (*site).depth as usize)
         }
     }
 }
@@ -310,16 +320,24 @@ pub(crate) fn fork_release() {
     LOCK.release();
 }
 
-/// Estimated in-use bytes of the whole process, from the samples.
-static INUSE_BYTES: AtomicI64 = AtomicI64::new(0);
+/// Process-wide totals every sample updates, on one cache line.
+#[repr(align(64))]
+struct Totals {
+    /// Estimated in-use bytes of the whole process, from the samples.
+    inuse_bytes: AtomicI64,
+    /// Sum of [`sampler::sample_variance`](super::sampler::sample_variance)
+    /// over every sampled allocation since start, in [`VARIANCE_UNIT`]s:
+    /// the variance of the estimate of bytes allocated. Its change over a
+    /// window is the variance of the window's estimate.
+    alloc_variance: AtomicU64,
+}
 
-/// Sum of [`sampler::sample_variance`](super::sampler::sample_variance)
-/// over every sampled allocation since start, in [`VARIANCE_UNIT`]s: the
-/// variance of the estimate of bytes allocated. Its change over a window
-/// is the variance of the window's estimate.
-static ALLOC_VARIANCE: AtomicU64 = AtomicU64::new(0);
+static TOTALS: Totals = Totals {
+    inuse_bytes: AtomicI64::new(0),
+    alloc_variance: AtomicU64::new(0),
+};
 
-/// Unit of [`ALLOC_VARIANCE`], bytes². A sample at the default rate adds
+/// Unit of [`Totals::alloc_variance`], bytes². A sample at the default rate adds
 /// about 2^28 units, so the counter lasts 2^36 samples.
 const VARIANCE_UNIT: f64 = 1024.0;
 
@@ -327,9 +345,12 @@ const VARIANCE_UNIT: f64 = 1024.0;
 pub(crate) fn record_alloc(site: u32, size: usize, weight_fx: u64) {
     let Some(c) = counters(site) else { return };
     let variance = super::sampler::sample_variance(size as u64, weight_fx);
-    ALLOC_VARIANCE.fetch_add((variance / VARIANCE_UNIT).round() as u64, Ordering::Relaxed);
+    // Rounded to nearest (the variance is not negative).
+    TOTALS
+        .alloc_variance
+        .fetch_add((variance / VARIANCE_UNIT + 0.5) as u64, Ordering::Relaxed);
     let bytes = c.alloc.add(size, weight_fx) as i64;
-    let inuse = INUSE_BYTES.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    let inuse = TOTALS.inuse_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
     super::peak::on_inuse(inuse);
 }
 
@@ -337,17 +358,17 @@ pub(crate) fn record_alloc(site: u32, size: usize, weight_fx: u64) {
 pub(crate) fn record_free(site: u32, size: usize, weight_fx: u64) {
     let Some(c) = counters(site) else { return };
     let bytes = c.free.add(size, weight_fx) as i64;
-    INUSE_BYTES.fetch_sub(bytes, Ordering::Relaxed);
+    TOTALS.inuse_bytes.fetch_sub(bytes, Ordering::Relaxed);
 }
 
 /// Estimated in-use bytes of the process (sum over sites).
 pub(crate) fn inuse_bytes() -> i64 {
-    INUSE_BYTES.load(Ordering::Relaxed)
+    TOTALS.inuse_bytes.load(Ordering::Relaxed)
 }
 
 /// The variance of the estimate of bytes allocated since start, bytes².
 pub(crate) fn alloc_variance() -> f64 {
-    ALLOC_VARIANCE.load(Ordering::Relaxed) as f64 * VARIANCE_UNIT
+    TOTALS.alloc_variance.load(Ordering::Relaxed) as f64 * VARIANCE_UNIT
 }
 
 /// Number of site ids in use (including the overflow site).

@@ -14,10 +14,21 @@ use super::estimate::Estimate;
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct LiveSample {
-    /// Its address (page-aligned: sampled blocks are).
+    /// Its address (at its layout's tag, an offset in its page: see the
+    /// profiler's `block` module).
     pub address: usize,
     /// The size the program asked for, bytes.
     pub size: u64,
+    /// The size of the block the inner allocator handed out for it, bytes:
+    /// `size` plus padding for a small one, `size` for a large one (see
+    /// [`inner_align`](Self::inner_align)).
+    pub inner_size: u64,
+    /// The alignment that block was asked for: 1 for a padded block (at
+    /// the program's alignment, which the record does not keep; allocators
+    /// give at least 8 or 16 anyway), [`SAMPLED_BLOCK_ALIGN`] otherwise.
+    ///
+    /// [`SAMPLED_BLOCK_ALIGN`]: crate::sampling::SAMPLED_BLOCK_ALIGN
+    pub inner_align: u64,
     /// How many allocations it stands for (`1 / p(size)`).
     pub weight: f64,
     /// The site it was allocated at ([`crate::Site::id`]).
@@ -33,6 +44,12 @@ pub fn for_each_live_sample(mut f: impl FnMut(&LiveSample)) {
         f(&LiveSample {
             address,
             size: r.size,
+            inner_size: r.size + u64::from(r.pad),
+            inner_align: if r.pad == 0 {
+                crate::alloc::block::PAGE as u64
+            } else {
+                1
+            },
             weight: r.weight_fx as f64 / WEIGHT_ONE as f64,
             site: r.site,
             born_ns: r.born_ns,

@@ -11,9 +11,12 @@
 //! `mincore`), how many of its bytes are resident, and that count is
 //! scaled like the profile scales the block's size: a sample of weight
 //! `w` with `r` resident bytes adds `w · r` to the estimate, and its
-//! sampling error the way `estimate` says. Sampled blocks are page-aligned
-//! with pages of their own, so a block's residency is its own, not its
-//! neighbours'.
+//! sampling error the way `estimate` says. Large sampled blocks are
+//! page-aligned with pages of their own, so their residency is their own,
+//! not their neighbours'; a small one shares its one or two pages with its
+//! padding (`alloc::block`), which the program never touches, so its
+//! residency is its own too, except where its block's neighbours keep
+//! those pages resident.
 //!
 //! The mappings that hold sampled blocks, live or among the last few
 //! thousand freed (`live_table::for_each_freed`), are the allocator's:

@@ -9,12 +9,12 @@ use std::time::Duration;
 /// Serves `GET /debug/pprof/heap` with `heap()` and
 /// `GET /debug/pprof/profile?seconds=N` with `cpu(N)` on a loopback port,
 /// a thread per connection, forever.
-pub fn serve(
-    heap: fn() -> Vec<u8>,
-    cpu: fn(Duration) -> Vec<u8>,
-) -> ! {
+pub fn serve(heap: fn() -> Vec<u8>, cpu: fn(Duration) -> Vec<u8>) -> ! {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    println!("listening on http://{}", listener.local_addr().expect("addr"));
+    println!(
+        "listening on http://{}",
+        listener.local_addr().expect("addr")
+    );
     let _ = std::io::stdout().flush();
     for conn in listener.incoming().flatten() {
         std::thread::spawn(move || answer(conn, heap, cpu));

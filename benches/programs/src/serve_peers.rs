@@ -18,9 +18,16 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 malloc_conf::malloc_conf!(c"prof:true,prof_active:true,lg_prof_sample:19");
 
+/// A heap profile, or nothing (an empty answer, which the bench counts as
+/// a failure) when jemalloc_pprof fails.
 fn heap() -> Vec<u8> {
-    let ctl = jemalloc_pprof::PROF_CTL.as_ref().expect("jemalloc profiling");
-    ctl.blocking_lock().dump_pprof().expect("dump_pprof")
+    let ctl = jemalloc_pprof::PROF_CTL
+        .as_ref()
+        .expect("jemalloc profiling");
+    ctl.blocking_lock().dump_pprof().unwrap_or_else(|e| {
+        eprintln!("dump_pprof failed: {e}");
+        Vec::new()
+    })
 }
 
 fn cpu(window: Duration) -> Vec<u8> {
@@ -40,6 +47,8 @@ fn cpu(window: Duration) -> Vec<u8> {
 
 fn main() {
     let heap_kept = service::build_heap();
+    #[cfg(feature = "large")]
+    std::hint::black_box(service::use_large_dependencies());
     service::busy_threads();
     std::hint::black_box(&heap_kept);
     pprof_server::serve(heap, cpu);

@@ -64,9 +64,38 @@ pub fn busy_threads() {
 fn compute(mut x: u64) {
     loop {
         for _ in 0..1_000_000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
         }
         black_box(x);
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// With the `large` feature, the service also uses what a typical large
+/// Rust service links (a gRPC endpoint, an HTTPS client, JSON, regexes,
+/// time zones, structured logging), so that the binary and its debug info
+/// are those of such a service. Returns something derived from each.
+#[cfg(feature = "large")]
+pub fn use_large_dependencies() -> usize {
+    let json: serde_json::Value =
+        serde_json::from_str(r#"{"service":"bench","replicas":3}"#).expect("json");
+    let pattern = regex::Regex::new(r"^(\w+)-(\d+)$").expect("regex");
+    let now = chrono::Utc::now().to_rfc3339();
+    let client = reqwest::Client::builder()
+        .user_agent("bench")
+        .build()
+        .expect("https client");
+    let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:1");
+    let filter = tracing_subscriber::EnvFilter::new("info");
+    let (health, _) = tonic_health::server::health_reporter();
+    let layers = (
+        tower_http::cors::CorsLayer::permissive(),
+        tower_http::trace::TraceLayer::new_for_http(),
+        tower_http::compression::CompressionLayer::new(),
+        tower_http::services::ServeDir::new("/nonexistent"),
+    );
+    std::hint::black_box((&client, &endpoint, &filter, &health, &layers));
+    json.to_string().len() + usize::from(pattern.is_match("pod-7")) + now.len()
 }

@@ -9,6 +9,12 @@
 //!   in the executable. Rust's deallocations go to `_rjem_sdallocx(ptr,
 //!   size, flags)`; the recorded size is used, not its argument.
 //!
+//! heapprof pads the block of a small sampled allocation (it asks the
+//! allocator for 4 KiB more, `heapprof::sampling::SAMPLED_BLOCK_SYMBOL`
+//! says so with the sizes): a probe there sets the recorded size back to
+//! what the program asked for, so the counts stay exact while the target
+//! samples (`padded`, `padding_bytes`).
+//!
 //! The window is two instants: the probes are attached first, then
 //! [`Session::open`] starts the counting (one map write), [`Session::close`]
 //! stops it, and only then are the probes detached (attaching and
@@ -43,7 +49,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use super::error::BpfError;
 use crate::symbols::{ElfSymbols, PROLOGUE_BYTES, Symbolizer};
-use heapprof::sampling::{first_kept_frame, is_profiler_work};
+use heapprof::sampling::{SAMPLED_BLOCK_SYMBOL, first_kept_frame, is_profiler_work};
 use heapprof::sys::maps::{Mapping, parse_maps};
 use heapprof::sys::procfs::parse_stat_cpu_ticks;
 
@@ -110,6 +116,8 @@ struct Totals {
     dropped: u64,
     probe_hits: u64,
     stack_errors: u64,
+    padded: u64,
+    padding_bytes: u64,
 }
 
 // SAFETY: repr(C), only u64 fields, no padding; any bit pattern is valid.
@@ -240,6 +248,11 @@ pub struct FamilyCounts {
     pub own_live_count: u64,
     /// Their bytes.
     pub own_live_bytes: u64,
+    /// Of `alloc_count`, blocks heapprof padded for a sampled allocation;
+    /// their recorded size is the program's.
+    pub padded: u64,
+    /// The padding taken off `alloc_bytes` for those.
+    pub padding_bytes: u64,
 }
 
 /// One stack with outstanding allocations.
@@ -270,6 +283,9 @@ pub struct UprobeReport {
     pub top_stacks: Vec<LiveStack>,
     /// Probe hits, all families.
     pub probe_hits: u64,
+    /// Where heapprof's padded-block probe is attached (the target's
+    /// executable), if the target runs heapprof.
+    pub sampled_block_probe: Option<String>,
     /// CPU seconds the target used during the window.
     pub target_cpu_secs: f64,
     /// What this does not see.
@@ -284,6 +300,7 @@ pub struct Session {
     pid: u32,
     links: Vec<(&'static str, UProbeLinkId)>,
     families: Vec<FamilyCounts>,
+    sampled_block_probe: Option<String>,
     /// When the window opened, while it is open.
     opened: Option<Instant>,
     attach_ms: f64,
@@ -368,6 +385,49 @@ fn probe_offset(code: [u8; PROLOGUE_BYTES]) -> u64 {
     }
 }
 
+/// The uprobe program `name`, loaded into the kernel (once).
+fn loaded<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, BpfError> {
+    let p: &mut UProbe = ebpf
+        .program_mut(name)
+        .ok_or_else(|| missing("program", name))?
+        .try_into()
+        .map_err(BpfError::program(name))?;
+    if p.fd().is_err() {
+        p.load()
+            .map_err(BpfError::program(format!("loading {name}")))?;
+    }
+    Ok(p)
+}
+
+/// Attaches the padded-block probe to `pid`'s executable if it runs
+/// heapprof (has [`SAMPLED_BLOCK_SYMBOL`]); returns where.
+fn attach_sampled_block(
+    ebpf: &mut Ebpf,
+    pid: u32,
+    scope: UProbeScope,
+    links: &mut Vec<(&'static str, UProbeLinkId)>,
+) -> Result<Option<String>, UprobeError> {
+    let exe = format!("/proc/{pid}/exe");
+    let has =
+        ElfSymbols::read_with_prologues(&exe, &[]).is_ok_and(|syms| syms.has(SAMPLED_BLOCK_SYMBOL));
+    if !has {
+        return Ok(None);
+    }
+    let name = "sampled_block_enter";
+    let p = loaded(ebpf, name)?;
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::Symbol(SAMPLED_BLOCK_SYMBOL),
+        cookie: None,
+    };
+    let link = p
+        .attach(point, &exe, scope)
+        .map_err(BpfError::program(format!(
+            "attaching {name} to {SAMPLED_BLOCK_SYMBOL} in {exe}"
+        )))?;
+    links.push((name, link));
+    Ok(Some(exe))
+}
+
 impl Session {
     /// Loads the programs and attaches them to `pid`'s allocators.
     pub fn attach(pid: u32) -> Result<Self, UprobeError> {
@@ -408,15 +468,7 @@ impl Session {
                 let (enter, exit) = kind.programs();
                 for name in [Some(enter), exit] {
                     let Some(name) = name else { continue };
-                    let p: &mut UProbe = ebpf
-                        .program_mut(name)
-                        .ok_or_else(|| missing("program", name))?
-                        .try_into()
-                        .map_err(BpfError::program(name))?;
-                    if p.fd().is_err() {
-                        p.load()
-                            .map_err(BpfError::program(format!("loading {name}")))?;
-                    }
+                    let p = loaded(&mut ebpf, name)?;
                     let location = if skip > 0 {
                         UProbeAttachLocation::SymbolOffset(sym, skip)
                     } else {
@@ -441,11 +493,13 @@ impl Session {
             }
             families.push(counts);
         }
+        let sampled_block_probe = attach_sampled_block(&mut ebpf, pid, scope, &mut links)?;
         Ok(Self {
             ebpf,
             pid,
             links,
             families,
+            sampled_block_probe,
             opened: None,
             attach_ms: t0.elapsed().as_secs_f64() * 1e3,
             cpu_ticks: 0,
@@ -562,6 +616,8 @@ impl Session {
             f.dropped = t.dropped;
             f.probe_hits = t.probe_hits;
             f.stack_errors = t.stack_errors;
+            f.padded = t.padded;
+            f.padding_bytes = t.padding_bytes;
             (f.own_alloc_count, f.own_alloc_bytes) =
                 own_alloc.get(&cookie).copied().unwrap_or_default();
             for ((fam, id), (bytes, count)) in &by_stack {
@@ -606,6 +662,7 @@ impl Session {
             window_secs: window.as_secs_f64(),
             attach_ms: self.attach_ms,
             probe_hits: families.iter().map(|f| f.probe_hits).sum(),
+            sampled_block_probe: self.sampled_block_probe.clone(),
             families,
             top_stacks,
             target_cpu_secs: ticks as f64 / hz,
