@@ -5,7 +5,7 @@
 //! 1 GiB in `churn`, then writes its heap profile.
 //!
 //! ```text
-//! quickstart [OUT] [--text] [--unsymbolized] [--scale F] [--serve ADDR]
+//! quickstart [OUT] [--text] [--unsymbolized] [--scale F] [--serve ADDR [--gops]]
 //! ```
 //! - `OUT`: where to write the profile (default `heap.pb.gz`); `-` for stdout.
 //! - `--text`: Go's `debug=1` text format instead of gzipped pprof.
@@ -17,6 +17,9 @@
 //! - `--commands`: while serving, read `churn BYTES` lines on stdin and
 //!   answer `done BYTES` after allocating and freeing that much (tests use
 //!   it to allocate inside a `heapprof verify --uprobes` window).
+//! - `--gops`: while serving, also start the gops agent
+//!   (`heapprof_http::gops::listen`) and print `gops on ADDR`, or on stderr
+//!   why it stays off.
 //! - `--sites N`: also keep one 1 KiB object from each of N distinct call
 //!   stacks (`spread_sites`), to exercise the site-table bound.
 //!
@@ -107,6 +110,7 @@ struct Args {
     sites: usize,
     serve: Option<String>,
     commands: bool,
+    gops: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -118,6 +122,7 @@ fn parse_args() -> Result<Args, String> {
         sites: 0,
         serve: None,
         commands: false,
+        gops: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -142,6 +147,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--serve" => args.serve = Some(it.next().ok_or("--serve needs an address")?),
             "--commands" => args.commands = true,
+            "--gops" => args.gops = true,
             a if a.starts_with("--") => return Err(format!("unknown option {a}")),
             a => args.out = a.into(),
         }
@@ -212,15 +218,21 @@ fn main() {
         std::process::exit(1);
     }
     if let Some(addr) = &args.serve {
-        serve(addr, args.commands);
+        serve(addr, args.commands, args.gops);
     }
     black_box((&buffers, &small, &spread));
 }
 
 /// Serves heapprof-http on `addr` and blocks until killed (the heap stays).
-fn serve(addr: &str, commands: bool) {
+fn serve(addr: &str, commands: bool, gops: bool) {
     match heapprof_http::spawn(addr) {
         Ok(bound) => {
+            if gops {
+                match heapprof_http::gops::listen() {
+                    Ok(agent) => println!("gops on {agent}"),
+                    Err(e) => eprintln!("quickstart: gops agent off: {e}"),
+                }
+            }
             println!("listening on http://{bound}");
             let _ = std::io::stdout().flush();
             if commands {

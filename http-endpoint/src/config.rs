@@ -94,7 +94,9 @@ impl Config {
     }
 
     /// At most `n` (at least 1) connections served at once by
-    /// [`Config::spawn`] (default 256); more wait in the listen backlog.
+    /// [`Config::spawn`] (default 256); more wait in the listen backlog
+    /// (1,024) until one ends or one that has sent no request for 1 s is
+    /// closed to make room.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.limits.max_connections = n.max(1);
         self

@@ -211,3 +211,192 @@ mod tests {
         }
     }
 }
+
+/// Property tests: any query string, however hostile, is parsed without a
+/// panic; what is accepted is within the documented bounds; what is
+/// refused is a 400 naming the parameter or the conflict; well-formed
+/// queries mean exactly what they say. 256 cases each.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const KNOWN: [&str; 6] = ["debug", "seconds", "gc", "peak", "min_age", "ages"];
+    const THIRTY_DAYS: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    fn max_seconds() -> impl Strategy<Value = u64> {
+        prop_oneof![1u64..=600, any::<u64>()]
+    }
+
+    /// Names (known, unknown, near misses) and values (flags, numbers of
+    /// any length, durations, junk) as a hostile client mixes them.
+    fn hostile_query() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            prop::sample::select(KNOWN.to_vec()).prop_map(String::from),
+            "[a-z_]{0,8}",
+            "(debug|seconds|min_age)[ =%]",
+        ];
+        let value = prop_oneof![
+            "[01]",
+            "[0-9]{1,25}",
+            "-?[0-9]{0,6}(ms|s|m|h|d|us|)",
+            "\\PC{0,6}",
+        ];
+        let pair = (name, any::<bool>(), value)
+            .prop_map(|(n, eq, v)| if eq { format!("{n}={v}") } else { n });
+        prop::collection::vec(pair, 0..7).prop_map(|pairs| pairs.join("&"))
+    }
+
+    /// Checks an answer against the documented contract, whatever the query.
+    fn check(query: &str, max: u64) -> std::result::Result<(), TestCaseError> {
+        match ProfileParams::parse(Some(query), max) {
+            Ok(p) => {
+                if let Some(s) = p.seconds {
+                    prop_assert!(s.subsec_nanos() == 0, "{query}: {s:?}");
+                    prop_assert!((1..=max).contains(&s.as_secs()), "{query}: {s:?}");
+                }
+                if let Some(age) = p.min_age {
+                    prop_assert!(age <= THIRTY_DAYS, "{query}: {age:?}");
+                }
+                let views = [p.seconds.is_some(), p.peak, p.min_age.is_some()];
+                prop_assert!(views.iter().filter(|v| **v).count() <= 1, "{query}");
+                let value = |name: &str| {
+                    query
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v)
+                };
+                for (name, flag) in [
+                    ("debug", p.text),
+                    ("gc", p.gc),
+                    ("peak", p.peak),
+                    ("ages", p.ages),
+                ] {
+                    prop_assert_eq!(flag, value(name) == Some("1"), "{}: {}", query, name);
+                }
+            }
+            Err(e) => {
+                prop_assert_eq!(e.status(), 400, "{}: {}", query, e);
+                let text = e.to_string();
+                let named = KNOWN
+                    .iter()
+                    .any(|n| text.contains(&format!("invalid query parameter {n}=")));
+                prop_assert!(
+                    named || text.contains("more than once") || text.contains("send one of them"),
+                    "{query}: {text}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A well-formed query and what it means: each known parameter at most
+    /// once with a valid value, at most one view, unknown parameters
+    /// anywhere.
+    fn well_formed() -> impl Strategy<Value = (u64, Vec<String>, ProfileParams)> {
+        let flag = prop::option::of(any::<bool>());
+        let age = prop_oneof![
+            (0u64..=2_592_000_000).prop_map(|n| (format!("{n}ms"), n)),
+            (0u64..=2_592_000).prop_map(|n| (format!("{n}s"), n * 1_000)),
+            (0u64..=2_592_000).prop_map(|n| (n.to_string(), n * 1_000)),
+            (0u64..=43_200).prop_map(|n| (format!("{n}m"), n * 60_000)),
+            (0u64..=720).prop_map(|n| (format!("{n}h"), n * 3_600_000)),
+        ];
+        let extra = prop::collection::vec("x[a-z]{0,5}(=[a-z0-9]{0,5})?", 0..3);
+        (
+            1u64..=600,
+            flag.clone(),
+            flag.clone(),
+            flag,
+            0u8..4,
+            any::<bool>(),
+            age,
+            extra,
+        )
+            .prop_flat_map(
+                |(max, debug, gc, ages, view, peak, (age_text, age_ms), extra)| {
+                    let seconds = 1..=max;
+                    (
+                        Just((max, debug, gc, ages, view, peak, age_text, age_ms, extra)),
+                        seconds,
+                    )
+                },
+            )
+            .prop_flat_map(
+                |((max, debug, gc, ages, view, peak, age_text, age_ms, extra), secs)| {
+                    let mut pairs = extra;
+                    let mut want = ProfileParams::default();
+                    let flag = |b: bool| if b { "1" } else { "0" };
+                    for (name, value, field) in [
+                        ("debug", debug, &mut want.text),
+                        ("gc", gc, &mut want.gc),
+                        ("ages", ages, &mut want.ages),
+                    ] {
+                        if let Some(b) = value {
+                            pairs.push(format!("{name}={}", flag(b)));
+                            *field = b;
+                        }
+                    }
+                    match view {
+                        1 => {
+                            pairs.push(format!("seconds={secs}"));
+                            want.seconds = Some(Duration::from_secs(secs));
+                        }
+                        2 => {
+                            pairs.push(format!("peak={}", flag(peak)));
+                            want.peak = peak;
+                        }
+                        3 => {
+                            pairs.push(format!("min_age={age_text}"));
+                            want.min_age = Some(Duration::from_millis(age_ms));
+                        }
+                        _ => {}
+                    }
+                    (Just(max), Just(pairs).prop_shuffle(), Just(want))
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_text_is_parsed_without_panic(query in "\\PC{0,40}", max in max_seconds()) {
+            check(&query, max)?;
+        }
+
+        #[test]
+        fn hostile_queries_keep_the_contract(query in hostile_query(), max in max_seconds()) {
+            check(&query, max)?;
+        }
+
+        #[test]
+        fn well_formed_queries_mean_what_they_say((max, pairs, want) in well_formed()) {
+            let query = pairs.join("&");
+            prop_assert_eq!(ProfileParams::parse(Some(&query), max).ok(), Some(want), "{}", query);
+            let edge = |n: u64| ProfileParams::parse(Some(&format!("seconds={n}")), max);
+            prop_assert_eq!(edge(max).ok().and_then(|p| p.seconds), Some(Duration::from_secs(max)));
+            prop_assert!(edge(max + 1).is_err());
+        }
+
+        #[test]
+        fn one_bad_value_is_refused_naming_it(
+            (max, mut pairs, _) in well_formed(),
+            (name, bad) in prop_oneof![
+                (prop::sample::select(vec!["debug", "gc", "peak", "ages"]), "[2-9a-z]{0,3}|-1|01"),
+                (Just("seconds"), "0|-1|[0-9]{21}|[a-z]{1,3}|1\\.5|"),
+                (Just("min_age"), "[0-9]{1,3}d|721h|43201m|2592001s|[a-z]{1,3}|-1s|"),
+            ],
+        ) {
+            pairs.retain(|kv| !KNOWN.iter().any(|k| kv.starts_with(&format!("{k}="))));
+            pairs.push(format!("{name}={bad}"));
+            let query = pairs.join("&");
+            let err = ProfileParams::parse(Some(&query), max).unwrap_err();
+            prop_assert_eq!(err.status(), 400);
+            let expected = format!("invalid query parameter {name}={bad:?}");
+            prop_assert!(err.to_string().contains(&expected), "{}: {}", query, err);
+        }
+    }
+}

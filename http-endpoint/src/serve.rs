@@ -2,7 +2,7 @@
 //! current-thread runtime, plus the discovery announcement.
 
 use std::fmt::Debug;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -118,8 +118,17 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
         addr: format!("{addr:?}"),
         source: Arc::new(e),
     };
-    let listener = TcpListener::bind(&addr).map_err(bind_failed)?;
-    listener.set_nonblocking(true).map_err(bind_failed)?;
+    let started = |e| Error::Start(Arc::new(e));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_name("heapprof-http-worker")
+        .build()
+        .map_err(started)?;
+    let listener = {
+        let _context = runtime.enter();
+        bind(&addr, config.limits.backlog).map_err(bind_failed)?
+    };
     let bound = listener.local_addr().map_err(bind_failed)?;
     if !bound.ip().is_loopback() && config.token.is_none() {
         eprintln!(
@@ -128,13 +137,6 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
              HEAPPROF_TOKEN to require one"
         );
     }
-    let started = |e| Error::Start(Arc::new(e));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(BLOCKING_THREADS)
-        .thread_name("heapprof-http-worker")
-        .build()
-        .map_err(started)?;
     let router = config.router();
     let limits = config.limits;
     let (shutdown, stop) = oneshot::channel::<()>();
@@ -142,13 +144,6 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
         .name("heapprof-http".into())
         .spawn(move || {
             runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("heapprof-http: cannot serve on {bound}: {e}");
-                        return;
-                    }
-                };
                 let stopped = async {
                     let _ = stop.await;
                 };
@@ -177,4 +172,33 @@ pub(crate) fn spawn_with<A: ToSocketAddrs + Debug>(config: Config, addr: A) -> R
         thread: Some(thread),
         announce,
     })
+}
+
+/// Listens on the first address of `addr` that can be bound, with a listen
+/// backlog of `backlog` (std's `TcpListener::bind` queues 128), and
+/// `SO_REUSEADDR` as std sets it. Must run inside the server's runtime.
+fn bind<A: ToSocketAddrs>(addr: &A, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let listening = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.bind(a)?;
+            s.listen(backlog)
+        });
+        match listening {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }

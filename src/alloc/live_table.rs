@@ -32,6 +32,12 @@
 //! bucket means the allocation is not sampled after all; those are counted
 //! in [`dropped`]. The arrays are zero-initialised statics (untouched pages
 //! cost no memory).
+//!
+//! Every field a reader and a writer can touch at once is an atomic, and
+//! the module forbids `unsafe` code, so that stays true: a racing
+//! [`for_each`] reads stale or mixed records, never undefined behaviour.
+
+#![forbid(unsafe_code)]
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 

@@ -201,14 +201,22 @@ pub fn list(dir: &Path) -> (Vec<Announcement>, Vec<String>) {
     (found, skipped)
 }
 
-/// The announcement of `pid` in `dir`.
+/// The announcement of `pid` in `dir`. A directory that is not trusted
+/// is an error that says why (not "not found": the reader should learn
+/// that someone else controls it).
 pub fn find(dir: &Path, pid: u32) -> Result<Announcement, DiscoveryError> {
     let path = dir.join(format!("{pid}.json"));
     let not_found = || DiscoveryError::NotFound {
         pid,
         dir: dir.display().to_string(),
     };
-    files::check_dir(dir, files::euid()).map_err(|_| not_found())?;
+    match files::check_dir(dir, files::euid()) {
+        Err(FileError::Dir { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Err(not_found());
+        }
+        Err(e) => return Err(e.into()),
+        Ok(()) => {}
+    }
     if !alive(pid) || std::fs::symlink_metadata(&path).is_err() {
         return Err(not_found());
     }
@@ -217,6 +225,8 @@ pub fn find(dir: &Path, pid: u32) -> Result<Announcement, DiscoveryError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -250,7 +260,17 @@ mod tests {
             find(&dir, 4_194_303),
             Err(DiscoveryError::NotFound { .. })
         ));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = find(&dir, std::process::id()).unwrap_err().to_string();
+        assert!(
+            err.contains("refusing directory") && err.contains("0777"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            find(&dir, std::process::id()),
+            Err(DiscoveryError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -24,11 +24,19 @@ impl Service {
 
     /// Runs `cmd`, which must print `listening on http://ADDR`; `what`
     /// names it in panics.
-    pub fn spawn(mut cmd: Command, what: &str) -> Service {
+    pub fn spawn(cmd: Command, what: &str) -> Service {
+        Service::spawn_with(cmd, what, |_| {})
+    }
+
+    /// [`Service::spawn`], calling `started` with the process as soon as it
+    /// runs, before it listens (its pid is known; what `cmd` piped besides
+    /// stdout, e.g. stdin or stderr, is there to take).
+    pub fn spawn_with(mut cmd: Command, what: &str, started: impl FnOnce(&mut Child)) -> Service {
         let mut child = cmd
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        started(&mut child);
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {

@@ -2,6 +2,10 @@
 //! targets as real processes, running `heapprof verify`.
 #![allow(dead_code)] // each test file uses a different subset
 
+/// Running an example as a service, shared with the root crate's tests.
+#[path = "../../../tests/common/serve.rs"]
+pub mod serve;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -357,4 +361,197 @@ pub fn serve_example(
         .trim_start_matches("listening on http://")
         .to_string();
     (target, addr)
+}
+
+/// True when this test may go on as root; false (and says so) when it
+/// needs root and the run asked to skip such tests (`HEAPPROF_SKIP_BPF=1`);
+/// otherwise panics saying why root is needed.
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    if heapprof::sys::files::euid() == 0 {
+        return true;
+    }
+    if bpf_skipped_by_request(test) {
+        return false;
+    }
+    panic!(
+        "{test} needs root ({why}); run it as root, or set HEAPPROF_SKIP_BPF=1 to skip \
+         tests that need root explicitly"
+    );
+}
+
+/// Copies `binaries` into `dir` with mode 0755 (and makes `dir` 0755), so
+/// that processes of other users can run them wherever the build lives.
+pub fn share_binaries(dir: &TempDir, binaries: &[&Path]) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+    mode(&dir.0).expect("chmod the shared directory");
+    binaries
+        .iter()
+        .map(|bin| {
+            let to = dir.0.join(bin.file_name().expect("a file name"));
+            std::fs::copy(bin, &to).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+            mode(&to).expect("chmod a shared binary");
+            to
+        })
+        .collect()
+}
+
+/// How a command run by [`run_within`] ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit code, or `None` when killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// From spawn to exit.
+    pub elapsed: std::time::Duration,
+    /// Peak resident memory of the process, bytes (`wait4`'s `ru_maxrss`).
+    pub max_rss: u64,
+}
+
+/// Runs `cmd` to its end with piped output; kills it and panics when it
+/// takes longer than `limit` (a hang is what some tests look for).
+// The child is reaped with wait4 (for its peak RSS), not Child::wait.
+#[allow(clippy::zombie_processes)]
+pub fn run_within(cmd: &mut Command, limit: std::time::Duration) -> Finished {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = r.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let mut timed_out = false;
+    loop {
+        // SAFETY: pid is our own child, not yet reaped (std's Child is
+        // never waited on here); the pointers are to live locals.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        assert_eq!(reaped, 0, "wait4: {}", std::io::Error::last_os_error());
+        if !timed_out && start.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let elapsed = start.elapsed();
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(
+        !timed_out,
+        "{cmd:?} did not finish within {limit:?}: killed\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    Finished {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        stdout,
+        stderr,
+        elapsed,
+        max_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// A TCP server on loopback standing for whatever a hostile discovery
+/// file or command line can point the CLI at: each connection gets its
+/// request head read, then `answer`. Counts connections; stops on drop.
+pub struct FakeServer {
+    pub addr: std::net::SocketAddr,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeServer {
+    pub fn start(answer: impl Fn(&mut std::net::TcpStream) + Send + Sync + 'static) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answer = Arc::new(answer);
+        let (count, stopped) = (Arc::clone(&connections), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                count.fetch_add(1, Ordering::Relaxed);
+                let answer = Arc::clone(&answer);
+                std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && conn.read_exact(&mut byte).is_ok() {
+                        head.push(byte[0]);
+                    }
+                    answer(&mut conn);
+                });
+            }
+        });
+        FakeServer {
+            addr,
+            connections,
+            stop,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Collects `child`'s piped stderr from now on, in the background; the
+/// text so far is in the returned string.
+pub fn collect_stderr(child: &mut Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let sink = std::sync::Arc::clone(&text);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// Waits up to 5 s for `text` to contain `needle`; the text then.
+pub fn wait_for_text(text: &std::sync::Mutex<String>, needle: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let now = text.lock().unwrap().clone();
+        if now.contains(needle) || start.elapsed() > std::time::Duration::from_secs(5) {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
