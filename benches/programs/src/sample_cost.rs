@@ -3,10 +3,12 @@
 //!
 //! `sample-cost [LEVELS]` allocates and frees 64-byte blocks through
 //! `heapprof::Profiler<Jemalloc>` at the bottom of a chain of LEVELS
-//! (default 20) calls, once with sampling off and once with every block
-//! sampled (rate 2 bytes: a sample point falls in every 64-byte block, so
-//! each one takes the whole sampled path, weight computation included).
-//! The allocation and the free are timed apart, and for each it prints
+//! (default 20) calls, at a sample rate of 1100 bytes: about one block in
+//! 18 is sampled, through the same path as at the default rate (the
+//! weight from its series, `size / rate < 1/16`). A sampled block is told
+//! apart by where its pointer is (offset 4080 in its page, heapprof's
+//! tag), so each allocation and free is timed and filed as sampled or
+//! not. For each it prints
 //!
 //! ```text
 //! RESULT op=alloc|free sampled=0|1 state=S p50_ns=X p99_ns=Y
@@ -15,7 +17,7 @@
 //! with the states of `stack-cost` (`warm`, `evicted-l2`, `evicted-all`).
 //! The cost of a sample is the sampled figure minus the unsampled one.
 //! The unwinder is the one `HEAPPROF_UNWIND` names; it prints
-//! `UNWINDER name` once the first sample has been taken.
+//! `UNWINDER name` once samples have been taken.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::hint::black_box;
@@ -40,9 +42,14 @@ fn chain(level: u32, bottom: &mut dyn FnMut()) {
     black_box(level);
 }
 
-/// One allocation and its free, timed apart, in TSC ticks.
+/// Sample rate for the run, bytes: 64-byte blocks are sampled with
+/// probability `1 - exp(-64 / 1100)`, about 5.7%.
+const RATE: u64 = 1100;
+
+/// One allocation and its free, timed apart, in TSC ticks, and whether
+/// the block was sampled (its pointer at heapprof's tag).
 #[inline(never)]
-fn alloc_free(layout: Layout) -> (u64, u64) {
+fn alloc_free(layout: Layout) -> (u64, u64, bool) {
     let t0 = ticks();
     // SAFETY: a non-zero layout; the block is freed below with it.
     let p = unsafe { ALLOC.alloc(layout) };
@@ -50,11 +57,12 @@ fn alloc_free(layout: Layout) -> (u64, u64) {
     assert!(!p.is_null(), "out of memory");
     // SAFETY: p is a fresh 64-byte block.
     unsafe { p.write_volatile(1) };
+    let sampled = p as usize % 4096 == 4080;
     let t2 = ticks();
     // SAFETY: p was allocated above with layout.
     unsafe { ALLOC.dealloc(black_box(p), layout) };
     let t3 = ticks();
-    (t1 - t0, t3 - t2)
+    (t1 - t0, t3 - t2, sampled)
 }
 
 fn print(op: &str, sampled: bool, state: &str, mut ns: Vec<f64>) {
@@ -80,31 +88,34 @@ fn main() {
     let mut all = vec![0u8; 64 << 20];
     let mut l2 = vec![0u8; 4 << 20];
     let mut bottom = || {
-        for (rate, sampled) in [(0, false), (2, true)] {
-            heapprof::set_sample_rate(rate);
-            // Warms the path up (and, sampled, lets the unwinder settle).
-            for _ in 0..100 {
-                alloc_free(layout);
-            }
-            if sampled {
-                println!("UNWINDER {}", heapprof::unwinder().as_str());
-            }
-            let run = |state: &str, n: usize, mut sweep: Option<&mut Vec<u8>>| {
-                let (mut allocs, mut frees) = (Vec::new(), Vec::new());
-                for _ in 0..n {
-                    if let Some(sweep) = sweep.as_deref_mut() {
-                        evict(sweep);
-                    }
-                    let (a, f) = alloc_free(layout);
-                    allocs.push(a as f64 / per_ns);
-                    frees.push(f as f64 / per_ns);
+        heapprof::set_sample_rate(RATE);
+        // Warms the path up and lets the unwinder settle.
+        for _ in 0..100_000 {
+            alloc_free(layout);
+        }
+        println!("UNWINDER {}", heapprof::unwinder().as_str());
+        // (state, sampled blocks wanted, sweep before each allocation)
+        let states: [(&str, usize, Option<&mut Vec<u8>>); 3] = [
+            ("warm", 5000, None),
+            ("evicted-l2", 300, Some(&mut l2)),
+            ("evicted-all", 100, Some(&mut all)),
+        ];
+        for (state, wanted, mut sweep) in states {
+            // [sampled][alloc, free]
+            let mut ns: [[Vec<f64>; 2]; 2] = Default::default();
+            while ns[1][0].len() < wanted {
+                if let Some(sweep) = sweep.as_deref_mut() {
+                    evict(sweep);
                 }
+                let (a, f, sampled) = alloc_free(layout);
+                let times = &mut ns[usize::from(sampled)];
+                times[0].push(a as f64 / per_ns);
+                times[1].push(f as f64 / per_ns);
+            }
+            for (sampled, [allocs, frees]) in [false, true].into_iter().zip(ns) {
                 print("alloc", sampled, state, allocs);
                 print("free", sampled, state, frees);
-            };
-            run("warm", 5000, None);
-            run("evicted-l2", 300, Some(&mut l2));
-            run("evicted-all", 300, Some(&mut all));
+            }
         }
     };
     chain(levels, &mut bottom);
