@@ -3,7 +3,7 @@
 //!
 //! `cargo bench --bench overhead` (`HEAPPROF_BENCH_QUICK=1` for a short run;
 //! `HEAPPROF_BENCH_ONLY=jemalloc,dhat` and `HEAPPROF_BENCH_WORKLOADS=mixed`
-//! restrict it).
+//! restrict it; `HEAPPROF_BENCH_ROUNDS=N` runs N rounds instead of 11).
 //!
 //! Builds `benches/programs` (one `[[bin]]` per configuration, all running
 //! the workloads of `benches/programs/src/workload.rs`), then runs the
@@ -178,6 +178,10 @@ fn main() {
         Err(_) => WORKLOADS.to_vec(),
     };
     let (rounds, scale) = if quick { (3, 4) } else { (11, 1) };
+    let rounds = std::env::var("HEAPPROF_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rounds);
 
     // times[w][c] = ns per op of each round; errors[c] = why it failed.
     let mut times = vec![vec![Vec::new(); configs.len()]; workloads.len()];

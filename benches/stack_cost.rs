@@ -1,6 +1,8 @@
-//! Cost of one sampled stack: nanoseconds per captured stack for each
-//! unwinder, warm and cold, in a program built without frame pointers (what
-//! a service gets by default) and in the same program built with them.
+//! Cost of one sample: nanoseconds per captured stack for each unwinder,
+//! warm and cold, in a program built without frame pointers (what a
+//! service gets by default) and in the same program built with them; then
+//! nanoseconds per sampled allocation and free, the whole path, with the
+//! unwinder each build uses (`sample-cost`).
 //!
 //! `cargo bench --bench stack_cost` (`HEAPPROF_BENCH_LEVELS=N` for a chain
 //! of N calls instead of 20; `HEAPPROF_BENCH_DLOPEN=PATH` to also load the
@@ -20,6 +22,60 @@ mod support;
 use std::collections::BTreeMap;
 
 use support::{build_program, program};
+
+/// Runs `sample-cost` with `HEAPPROF_UNWIND=unwind` in each build and
+/// prints the sampled path's table: p50 (p99) ns of an allocation and a
+/// free, sampled and not, per cache state.
+fn sample_cost(levels: &str) {
+    println!("\nns per allocation and per free, 64 bytes, sampled or not:\n");
+    println!(
+        "| build | unwinder | op | warm: unsampled | sampled | L1/L2 evicted: unsampled | sampled | all evicted: unsampled | sampled |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (build, frame_pointers, unwind) in
+        [("fp", true, "fp"), ("no-fp", false, "table"), ("no-fp", false, "dwarf")]
+    {
+        let bin = build_program("sample-cost", frame_pointers)
+            .unwrap_or_else(|e| panic!("building sample-cost ({build}): {e}"));
+        let out = program(&bin, &[("HEAPPROF_UNWIND", unwind)])
+            .arg(levels)
+            .output()
+            .expect("run sample-cost");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "sample-cost ({build}, {unwind}) failed:\n{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let results: Vec<BTreeMap<String, String>> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("RESULT "))
+            .map(|r| {
+                r.split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .collect();
+        for op in ["alloc", "free"] {
+            let cell = |state: &str, sampled: &str| {
+                results
+                    .iter()
+                    .find(|f| f["op"] == op && f["state"] == state && f["sampled"] == sampled)
+                    .map_or("-".into(), |f| format!("{} ({})", f["p50_ns"], f["p99_ns"]))
+            };
+            println!(
+                "| {build} | {unwind} | {op} | {} | {} | {} | {} | {} | {} |",
+                cell("warm", "0"),
+                cell("warm", "1"),
+                cell("evicted-l2", "0"),
+                cell("evicted-l2", "1"),
+                cell("evicted-all", "0"),
+                cell("evicted-all", "1"),
+            );
+        }
+    }
+}
 
 fn main() {
     let levels = std::env::var("HEAPPROF_BENCH_LEVELS").unwrap_or_else(|_| "20".into());
@@ -82,4 +138,5 @@ fn main() {
             get("evicted-all", "p99_ns"),
         );
     }
+    sample_cost(&levels);
 }

@@ -40,10 +40,11 @@
 //!
 //! # Costs
 //! The unsampled path of every allocation is one thread-local subtract and
-//! a branch (one more alignment test on free). A sample costs a stack
-//! capture ([`unwinder`]), and the profiler's tables live outside the heap
-//! (see [`Stats::own_memory_bytes`]). Building a profile symbolizes only
-//! the addresses it contains.
+//! a branch (on free, a test of the pointer's offset in its page). A
+//! sample costs a stack capture ([`unwinder`]) and about a page of padding
+//! while it lives, and the profiler's tables live outside the heap (see
+//! [`Stats::own_memory_bytes`]). Building a profile symbolizes only the
+//! addresses it contains, in memory bounded by the cgroup's headroom.
 
 #![warn(missing_docs)]
 

@@ -90,7 +90,7 @@ impl<A: GlobalAlloc> Profiler<A> {
         let record = Record {
             site,
             weight_fx,
-            born_ns: clock::monotonic_ns(),
+            born_ns: clock::birth_ns(),
             size: layout.size() as u64,
             offset: offset as u16,
             pad: block.pad() as u16,

@@ -295,13 +295,31 @@ fn init_locked() -> Option<*mut AtomicU32> {
     Some(index)
 }
 
+/// A hash of a stack: four lanes over every fourth frame, so that the
+/// multiplies of a 30-frame stack overlap instead of forming one chain of
+/// 30 (a sample's lookup is on the allocation path), then folded.
 fn hash_frames(frames: &[usize]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ frames.len() as u64;
-    for &f in frames {
-        h = (h ^ f as u64)
-            .wrapping_mul(0x0000_0100_0000_01b3)
-            .rotate_left(23);
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let step = |lane: u64, f: usize| (lane ^ f as u64).wrapping_mul(K).rotate_left(23);
+    let mut lanes = [
+        0xcbf2_9ce4_8422_2325u64,
+        0x8422_2325_cbf2_9ce4,
+        0x2325_cbf2_9ce4_8422,
+        0x9ce4_8422_2325_cbf2,
+    ];
+    let quads = frames.chunks_exact(4);
+    let rest = quads.remainder();
+    for quad in quads {
+        for (lane, &f) in lanes.iter_mut().zip(quad) {
+            *lane = step(*lane, f);
+        }
     }
+    for (lane, &f) in lanes.iter_mut().zip(rest) {
+        *lane = step(*lane, f);
+    }
+    let h = lanes
+        .iter()
+        .fold(frames.len() as u64, |h, &lane| step(h, lane as usize));
     h ^ (h >> 29)
 }
 

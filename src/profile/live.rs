@@ -33,7 +33,8 @@ pub struct LiveSample {
     pub weight: f64,
     /// The site it was allocated at ([`crate::Site::id`]).
     pub site: u32,
-    /// When, on `CLOCK_MONOTONIC` (`sys::clock`), nanoseconds.
+    /// When, on `CLOCK_MONOTONIC` (`sys::clock`), nanoseconds, as of the
+    /// last timer tick before it (`sys::clock::coarse_ns`, 1-4 ms behind).
     pub born_ns: u64,
 }
 
@@ -59,8 +60,10 @@ pub fn for_each_live_sample(mut f: impl FnMut(&LiveSample)) {
 
 /// The live heap's bytes, estimated from the live samples; with
 /// `born_since_ns`, only allocations made at or after that moment
-/// (`CLOCK_MONOTONIC`): what an observer that started counting then
-/// (uprobes attached then) sees still live.
+/// (`CLOCK_MONOTONIC`; births are stamped as of the last timer tick, so
+/// an allocation within a tick after that moment may count as before it):
+/// what an observer that started counting then (uprobes attached then)
+/// sees still live.
 pub fn live_estimate(born_since_ns: Option<u64>) -> Estimate {
     let mut e = Estimate::default();
     live_table::for_each(|r| {

@@ -1,7 +1,7 @@
 //! Capturing the call stack of a sampled allocation, and choosing how.
 //!
 //! Three unwinders (warm p50 for a 32-frame stack, BENCHMARKS.md, "Cost
-//! of one sampled stack"):
+//! of one sample"):
 //! - frame pointers (`frame_pointer`), about 70 ns: two loads a frame,
 //!   right only if the code on the stack keeps frame pointers;
 //! - the unwind table (`table`, `table_walk`), about 220 ns: `.eh_frame`

@@ -25,7 +25,7 @@
 //!
 //! Two hot addresses that share a slot evict each other; a miss costs a
 //! table lookup, about 5 ns a frame when warm (BENCHMARKS.md, "Cost of one
-//! sampled stack").
+//! sample").
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

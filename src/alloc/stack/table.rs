@@ -12,7 +12,7 @@
 //! plus 4 bytes per 256 bytes of code for the page index, built with
 //! `gimli` in about 0.1-0.2 us a row: 36k rows (a small program and its C
 //! library) in 4-7 ms and 310 KiB, libLLVM's 1.44 M rows in 150-180 ms and
-//! 12.4 MiB (BENCHMARKS.md, "Cost of one sampled stack").
+//! 12.4 MiB (BENCHMARKS.md, "Cost of one sample").
 //!
 //! # What a rule expresses
 //!
