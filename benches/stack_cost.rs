@@ -32,9 +32,11 @@ fn sample_cost(levels: &str) {
         "| build | unwinder | op | warm: unsampled | sampled | L1/L2 evicted: unsampled | sampled | all evicted: unsampled | sampled |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (build, frame_pointers, unwind) in
-        [("fp", true, "fp"), ("no-fp", false, "table"), ("no-fp", false, "dwarf")]
-    {
+    for (build, frame_pointers, unwind) in [
+        ("fp", true, "fp"),
+        ("no-fp", false, "table"),
+        ("no-fp", false, "dwarf"),
+    ] {
         let bin = build_program("sample-cost", frame_pointers)
             .unwrap_or_else(|e| panic!("building sample-cost ({build}): {e}"));
         let out = program(&bin, &[("HEAPPROF_UNWIND", unwind)])

@@ -134,7 +134,10 @@ fn a_300_thread_dump_costs_little_memory() {
     for (i, (what, anon, rise, file)) in growth.iter().enumerate() {
         let limit = if i <= 1 { 16.0 * MIB } else { 8.0 * MIB };
         assert!(*anon < limit, "{what}: RssAnon grew {anon} B\n{report}");
-        assert!(*rise < limit, "{what}: RssAnon peaked {rise} B higher\n{report}");
+        assert!(
+            *rise < limit,
+            "{what}: RssAnon peaked {rise} B higher\n{report}"
+        );
         // The debug sections' pages are unmapped after each batch.
         assert!(*file < 8.0 * MIB, "{what}: RssFile grew {file} B\n{report}");
     }
