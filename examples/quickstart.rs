@@ -74,23 +74,7 @@ fn spread_sites(depth: usize, kept: &mut Vec<Vec<u8>>) {
     black_box(depth);
 }
 
-/// Allocates and frees `total` bytes in buffers of 16 B to 64 KiB.
-/// Returns the bytes allocated (exactly `total`).
-#[inline(never)]
-fn churn(total: usize) -> usize {
-    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut done = 0;
-    while done < total {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let size = (16 + (rng % 65_521) as usize).min(total - done);
-        let buf: Vec<u8> = Vec::with_capacity(size);
-        black_box(&buf);
-        done += size;
-    }
-    done
-}
+include!("common/churn.rs");
 
 fn jemalloc_allocated() -> usize {
     let _ = tikv_jemalloc_ctl::epoch::advance();

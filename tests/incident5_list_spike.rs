@@ -34,7 +34,6 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -246,13 +245,8 @@ fn oom_guard_dumps_before_the_cgroup_limit() {
         TempDir(std::env::temp_dir().join(format!("heapprof-spike-dumps-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
 
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2" --serve 127.0.0.1:0"#)
-        .arg("sh")
-        .arg(&cg.0)
-        .arg(common::example("list_spike"))
-        .env("HEAPPROF_DUMP_DIR", &dir.0)
+    let mut cmd = cg.serve_command(&common::example("list_spike"));
+    cmd.env("HEAPPROF_DUMP_DIR", &dir.0)
         .env_remove("HEAPPROF_DUMP_LIMIT_BYTES");
     let mut service = common::spawn_service(cmd, "list_spike in a memory cgroup");
     let in_cgroup = cg.read("cgroup.procs");

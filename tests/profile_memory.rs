@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::cgroup::ChildCgroup;
@@ -92,16 +91,11 @@ fn requests(service: &Service) -> Vec<(String, Answer)> {
 
 /// quickstart serving in `cg`, its limit then set to its usage + `extra`.
 fn serve_with_headroom(cg: &ChildCgroup, extra: u64) -> (Service, u64) {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2" --serve 127.0.0.1:0"#)
-        .arg("sh")
-        .arg(&cg.0)
-        .arg(common::example("quickstart"))
-        .env(
-            "HEAPPROF_DIR",
-            std::env::temp_dir().join("heapprof-profile-memory"),
-        );
+    let mut cmd = cg.serve_command(&common::example("quickstart"));
+    cmd.env(
+        "HEAPPROF_DIR",
+        std::env::temp_dir().join("heapprof-profile-memory"),
+    );
     let service = common::spawn_service(cmd, "quickstart in a memory cgroup");
     assert!(
         cg.holds(service.pid()),
@@ -113,6 +107,24 @@ fn serve_with_headroom(cg: &ChildCgroup, extra: u64) -> (Service, u64) {
     let limit = usage + extra;
     cg.set_limit(limit).expect("set the limit");
     (service, limit)
+}
+
+/// quickstart in `cg` with `extra` bytes of headroom, asked [`requests`];
+/// fails if anything was OOM-killed.
+fn answers_with_headroom(cg: &ChildCgroup, extra: u64) -> (Service, Vec<(String, Answer)>) {
+    let (mut service, limit) = serve_with_headroom(cg, extra);
+    let answers = requests(&service);
+    eprintln!(
+        "limit {} MiB (usage + {} MiB): {answers:#?}",
+        limit / MIB,
+        extra / MIB
+    );
+    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired: {answers:?}");
+    assert!(
+        service.child.try_wait().unwrap().is_none(),
+        "quickstart died"
+    );
+    (service, answers)
 }
 
 #[test]
@@ -130,14 +142,7 @@ fn profiles_fit_in_a_tight_memory_cgroup_or_degrade() {
     };
 
     // usage + 24 MiB: whole profiles.
-    let (mut service, limit) = serve_with_headroom(&cg, 24 * MIB);
-    let answers = requests(&service);
-    eprintln!("limit {} MiB (usage + 24 MiB): {answers:#?}", limit / MIB);
-    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired: {answers:?}");
-    assert!(
-        service.child.try_wait().unwrap().is_none(),
-        "quickstart died"
-    );
+    let (mut service, answers) = answers_with_headroom(&cg, 24 * MIB);
     for (path, answer) in &answers {
         match answer {
             Answer::Named(top) if path == "/debug/pprof/heap" => assert!(
@@ -160,14 +165,7 @@ fn profiles_fit_in_a_tight_memory_cgroup_or_degrade() {
     drop(service);
 
     // usage + 8 MiB: answers degrade, nothing is killed.
-    let (mut service, limit) = serve_with_headroom(&cg, 8 * MIB);
-    let answers = requests(&service);
-    eprintln!("limit {} MiB (usage + 8 MiB): {answers:#?}", limit / MIB);
-    assert_eq!(cg.oom_kills(), 0, "the OOM killer fired: {answers:?}");
-    assert!(
-        service.child.try_wait().unwrap().is_none(),
-        "quickstart died"
-    );
+    let (mut service, answers) = answers_with_headroom(&cg, 8 * MIB);
     for (path, answer) in &answers {
         match answer {
             Answer::Named(top) if path == "/debug/pprof/heap" => assert!(

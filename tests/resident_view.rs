@@ -11,7 +11,7 @@ mod common;
 
 use std::hint::black_box;
 
-use common::serve::http_get;
+use common::serve::{http_get, spawn_endpoint};
 use common::{by_leaf, decode, string, value_index};
 
 #[global_allocator]
@@ -41,11 +41,7 @@ fn memory() -> (u64, u64) {
 #[test]
 fn resident_space_adds_up_to_rss_and_sees_untouched_memory() {
     heapprof::set_sample_rate(64 * 1024);
-    let addr = heapprof_http::Config::new()
-        .announce(false)
-        .spawn("127.0.0.1:0")
-        .unwrap()
-        .detach();
+    let addr = spawn_endpoint();
     let touched = touched_for_the_resident_test();
     let untouched = untouched_for_the_resident_test();
     // Warm the endpoint and the symbolizer with a plain profile.

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::decode;
-use common::serve::http_get;
+use common::serve::{Parked, http_get, spawn_endpoint};
 
 /// The system allocator, except that the one thread marked with
 /// [`BLOCK_ME`] stops inside `alloc` until [`RELEASE`] is set.
@@ -121,24 +121,8 @@ fn stacks_by_thread(p: &pprof::protos::Profile) -> Vec<(String, i64, Vec<String>
 /// One test: the allocator and the thread population are process-wide.
 #[test]
 fn every_thread_is_counted_and_parked_threads_name_their_function() {
-    let addr = heapprof_http::Config::new()
-        .announce(false)
-        .spawn("127.0.0.1:0")
-        .unwrap()
-        .detach();
-
-    let mut senders = Vec::new();
-    let mut parked = Vec::new();
-    for i in 0..PARKED {
-        let (tx, rx) = mpsc::channel();
-        senders.push(tx);
-        parked.push(
-            std::thread::Builder::new()
-                .name(format!("parked-{i}"))
-                .spawn(move || parked_waiting_for_release(rx))
-                .unwrap(),
-        );
-    }
+    let addr = spawn_endpoint();
+    let parked = Parked::start(PARKED, "parked", None, parked_waiting_for_release);
     let stuck = std::thread::Builder::new()
         .name("stuck-in-alloc".into())
         .spawn(|| stuck_inside_the_allocator().len())
@@ -231,10 +215,5 @@ fn every_thread_is_counted_and_parked_threads_name_their_function() {
 
     RELEASE.store(true, Ordering::Release);
     assert_eq!(stuck.join().unwrap(), 4096);
-    for tx in senders {
-        tx.send(()).unwrap();
-    }
-    for t in parked {
-        t.join().unwrap();
-    }
+    parked.release();
 }

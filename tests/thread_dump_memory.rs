@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
-use common::serve::http_get;
+use common::serve::{Parked, http_get, spawn_endpoint};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
@@ -67,24 +67,13 @@ fn allocated() -> u64 {
 /// One test: RSS is process-wide.
 #[test]
 fn a_300_thread_dump_costs_little_memory() {
-    let addr = heapprof_http::Config::new()
-        .announce(false)
-        .spawn("127.0.0.1:0")
-        .unwrap()
-        .detach();
-    let mut senders = Vec::new();
-    let mut handles = Vec::new();
-    for i in 0..THREADS {
-        let (tx, rx) = mpsc::channel();
-        senders.push(tx);
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("idle-{i}"))
-                .stack_size(128 * 1024)
-                .spawn(move || parked_for_the_memory_test(rx))
-                .unwrap(),
-        );
-    }
+    let addr = spawn_endpoint();
+    let parked = Parked::start(
+        THREADS,
+        "idle",
+        Some(128 * 1024),
+        parked_for_the_memory_test,
+    );
     std::thread::sleep(Duration::from_millis(200));
     // Sampled allocations, so that the heap profile below symbolizes.
     heapprof::set_sample_rate(64 * 1024);
@@ -142,10 +131,5 @@ fn a_300_thread_dump_costs_little_memory() {
         assert!(*file < 8.0 * MIB, "{what}: RssFile grew {file} B\n{report}");
     }
     drop(std::hint::black_box(kept));
-    for tx in senders {
-        tx.send(()).unwrap();
-    }
-    for h in handles {
-        h.join().unwrap();
-    }
+    parked.release();
 }

@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -196,25 +195,6 @@ async fn ingest(
     }
 }
 
-fn pprof_raw(profile: &[u8]) -> String {
-    let dir = temp_dir("push-raw");
-    let file = dir.join("pushed.pb.gz");
-    std::fs::write(&file, profile).unwrap();
-    let out = Command::new("go")
-        .args(["tool", "pprof", "-raw"])
-        .arg(&file)
-        .env("PPROF_TMPDIR", &dir)
-        .env("HOME", &dir)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `go tool pprof` ({e}): install Go (golang-go)"));
-    assert!(
-        out.status.success(),
-        "go tool pprof -raw: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Values of `sample_type` for samples whose stack names `function`.
 fn site_value(profile: &[u8], function: &str, sample_type: &str) -> i64 {
     let p = decode(profile);
@@ -302,7 +282,7 @@ fn pushes_valid_pyroscope_ingest_requests_and_retries() {
     assert_eq!(labels["__name__"], "heapprof-push-test");
     assert_eq!(labels["service_name"], "heapprof-push-test");
     assert_eq!(labels["env"], "test");
-    let raw = pprof_raw(first);
+    let raw = pprof_raw("pushed", first);
     assert!(raw.contains("inuse_space/bytes"), "{raw}");
     assert!(raw.contains("push_test_retain"), "{raw}");
     // The first window saw the 4 MiB allocated; the next one allocated

@@ -7,36 +7,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler<tikv_jemallocator::Jemalloc> =
     heapprof::Profiler::new(tikv_jemallocator::Jemalloc);
-
-/// `go tool pprof -raw FILE`; returns stdout, failing with stderr.
-fn pprof_raw(what: &str, body: &[u8]) -> String {
-    let dir = temp_dir(&format!("scrape-{}", what.replace(['/', '?', '='], "_")));
-    let file = dir.join("profile");
-    std::fs::write(&file, body).unwrap();
-    let out = Command::new("go")
-        .args(["tool", "pprof", "-raw"])
-        .arg(&file)
-        .env("PPROF_TMPDIR", &dir)
-        .env("HOME", &dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `go tool pprof` ({e}): install Go (Debian: golang-go)")
-        });
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "go tool pprof -raw {what} failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 /// One test: the CPU profiler and the thread dump are process-wide.
 #[test]

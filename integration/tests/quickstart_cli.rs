@@ -57,6 +57,18 @@ fn quickstart_server_with(dir: &TempDir, extra: &[&str]) -> (Target, String, u64
     (q, addr, kept)
 }
 
+/// `heapprof top PROFILE` names `retain_buffers` first.
+fn assert_top_is_retain_buffers(profile: &Path) {
+    let top = heapprof(&["top", profile.to_str().unwrap(), "-n", "3"], None);
+    assert!(
+        top.lines()
+            .nth(2)
+            .unwrap()
+            .contains("quickstart::retain_buffers"),
+        "{top}"
+    );
+}
+
 /// Runs heapprof; exit 0 required (or 0/1 for `verify`, whose 1 means
 /// "a check is outside tolerance").
 fn heapprof(args: &[&str], env_dir: Option<&Path>) -> String {
@@ -154,14 +166,7 @@ fn pprof_heap_names_an_unsymbolized_profile() {
         &["pprof-heap", raw_arg, "-o", named.to_str().unwrap()],
         None,
     );
-    let top = heapprof(&["top", named.to_str().unwrap(), "-n", "3"], None);
-    assert!(
-        top.lines()
-            .nth(2)
-            .unwrap()
-            .contains("quickstart::retain_buffers"),
-        "{top}"
-    );
+    assert_top_is_retain_buffers(&named);
 
     // The binary moved: named with --binary, matched by build ID.
     let mut moved = p.clone();
@@ -198,14 +203,7 @@ fn pprof_heap_names_an_unsymbolized_profile() {
         ],
         None,
     );
-    let top = heapprof(&["top", named.to_str().unwrap(), "-n", "3"], None);
-    assert!(
-        top.lines()
-            .nth(2)
-            .unwrap()
-            .contains("quickstart::retain_buffers"),
-        "{top}"
-    );
+    assert_top_is_retain_buffers(&named);
 }
 
 #[test]

@@ -135,7 +135,7 @@ fn mapping_of(maps: &[Mapping], addr: u64) -> Option<usize> {
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct ResidentSet {
-    /// `VmRSS`.
+    /// Resident set size from `/proc/self/status`, in bytes.
     pub rss: u64,
     /// The parts.
     pub parts: Partition,

@@ -172,28 +172,7 @@ impl Snapshot {
     /// minus its value in `base` (Go's `?seconds=N` delta profile). Sites
     /// with no change are left out; the duration is set.
     pub fn delta_since(&self, base: &Snapshot) -> Snapshot {
-        untracked(|| {
-            let before: HashMap<u32, &Site> = base.sites.iter().map(|s| (s.id, s)).collect();
-            let sites = self
-                .sites
-                .iter()
-                .map(|s| match before.get(&s.id) {
-                    Some(b) => s.minus(b),
-                    None => s.clone(),
-                })
-                .filter(|s| s.alloc_objects != 0 || s.inuse_bytes != 0 || s.inuse_objects != 0)
-                .collect();
-            Snapshot {
-                sites,
-                sample_rate: self.sample_rate,
-                time: self.time,
-                monotonic_ns: self.monotonic_ns,
-                duration: Some(Duration::from_nanos(
-                    self.monotonic_ns.saturating_sub(base.monotonic_ns),
-                )),
-                stats: self.stats,
-            }
-        })
+        self.since(base, |site, before| site.minus(before))
     }
 
     /// The heap in use now with what was allocated since `base`: the
@@ -205,20 +184,27 @@ impl Snapshot {
     /// profile, in-use values are a level. Sites with nothing allocated
     /// in the window and nothing in use are left out; the duration is set.
     pub fn with_allocs_since(&self, base: &Snapshot) -> Snapshot {
+        self.since(base, |site, before| {
+            let mut d = site.minus(before);
+            d.inuse_objects = site.inuse_objects;
+            d.inuse_bytes = site.inuse_bytes;
+            d.sampled.inuse_objects = site.sampled.inuse_objects;
+            d.sampled.inuse_bytes = site.sampled.inuse_bytes;
+            d
+        })
+    }
+
+    /// Each site combined with its value in `base` by `combine` (sites new
+    /// since `base` kept as they are), sites with nothing left out, and
+    /// the duration set to the time between the two snapshots.
+    fn since(&self, base: &Snapshot, combine: impl Fn(&Site, &Site) -> Site) -> Snapshot {
         untracked(|| {
             let before: HashMap<u32, &Site> = base.sites.iter().map(|s| (s.id, s)).collect();
             let sites = self
                 .sites
                 .iter()
                 .map(|s| match before.get(&s.id) {
-                    Some(b) => {
-                        let mut d = s.minus(b);
-                        d.inuse_objects = s.inuse_objects;
-                        d.inuse_bytes = s.inuse_bytes;
-                        d.sampled.inuse_objects = s.sampled.inuse_objects;
-                        d.sampled.inuse_bytes = s.sampled.inuse_bytes;
-                        d
-                    }
+                    Some(b) => combine(s, b),
                     None => s.clone(),
                 })
                 .filter(|s| s.alloc_objects != 0 || s.inuse_bytes != 0 || s.inuse_objects != 0)

@@ -22,7 +22,7 @@
 //!
 //! Every part is a sum of page counts or a minimum of two of them, so none
 //! is negative, and the parts add up to the sum of `Rss` over the mappings,
-//! which is the RSS (`VmRSS` counts the same pages, through per-CPU
+//! which is the RSS (the status file's RSS counts the same pages, through per-CPU
 //! counters that may lag by a few pages). The one estimate is the live
 //! heap's share of the allocator's mappings; [`Detail`] says what the
 //! estimate was and whether the pages there were fewer (the rest of the
@@ -148,39 +148,52 @@ pub fn partition(maps: &[Mapping], stacks: &[usize], known: &Known) -> (Partitio
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::maps::parse_maps;
 
     const KIB: u64 = 1024;
 
+    /// A mapping with `rss_kib` resident, `anon_kib` of it anonymous.
+    fn mapping(range: (u64, u64), perms: &str, path: &str, rss_kib: u64, anon_kib: u64) -> Mapping {
+        Mapping {
+            start: range.0,
+            end: range.1,
+            perms: perms.into(),
+            path: path.into(),
+            rss: rss_kib * KIB,
+            anonymous: anon_kib * KIB,
+            ..Mapping::default()
+        }
+    }
+
     /// A brk heap, a jemalloc-like arena, another anonymous mapping, a
     /// thread stack, a file mapping with copied pages, shared memory.
-    const SMAPS: &str = "\
-55d0c0000000-55d0c0100000 rw-p 00000000 00:00 0 [heap]
-Rss:                 100 kB
-Anonymous:           100 kB
-7e0000000000-7e0004000000 rw-p 00000000 00:00 0
-Rss:                4000 kB
-Anonymous:          4000 kB
-7e1000000000-7e1000100000 rw-p 00000000 00:00 0
-Rss:                 300 kB
-Anonymous:           300 kB
-7f0000001000-7f0000801000 rw-p 00000000 00:00 0
-Rss:                  64 kB
-Anonymous:            64 kB
-7f1000000000-7f1000100000 r-xp 00001000 08:01 1234 /usr/lib/libc.so.6
-Rss:                 900 kB
-Anonymous:             0 kB
-7f1000100000-7f1000104000 rw-p 00100000 08:01 1234 /usr/lib/libc.so.6
-Rss:                  16 kB
-Anonymous:            12 kB
-7f2000000000-7f2000400000 rw-s 00000000 00:01 77 /dev/shm/queue
-Rss:                 256 kB
-Anonymous:             0 kB
-";
+    fn mappings() -> Vec<Mapping> {
+        let libc = "/usr/lib/libc.so.6";
+        vec![
+            mapping(
+                (0x55d0_c000_0000, 0x55d0_c010_0000),
+                "rw-p",
+                "[heap]",
+                100,
+                100,
+            ),
+            mapping((0x7e00_0000_0000, 0x7e00_0400_0000), "rw-p", "", 4000, 4000),
+            mapping((0x7e10_0000_0000, 0x7e10_0010_0000), "rw-p", "", 300, 300),
+            mapping((0x7f00_0000_1000, 0x7f00_0080_1000), "rw-p", "", 64, 64),
+            mapping((0x7f10_0000_0000, 0x7f10_0010_0000), "r-xp", libc, 900, 0),
+            mapping((0x7f10_0010_0000, 0x7f10_0010_4000), "rw-p", libc, 16, 12),
+            mapping(
+                (0x7f20_0000_0000, 0x7f20_0040_0000),
+                "rw-s",
+                "/dev/shm/queue",
+                256,
+                0,
+            ),
+        ]
+    }
 
     #[test]
     fn parts_are_exact_and_sum_to_rss() {
-        let maps = parse_maps(SMAPS);
+        let maps = mappings();
         let own = [(0x7e10_0000_1000, 40 * KIB)];
         let known = Known {
             heap: Some(3000 * KIB),
@@ -206,7 +219,7 @@ Anonymous:             0 kB
 
     #[test]
     fn an_estimate_above_the_pages_is_capped_never_negative() {
-        let maps = parse_maps(SMAPS);
+        let maps = mappings();
         let known = Known {
             heap: Some(10_000 * KIB),
             allocator: &[0x7e00_0000_0000],
@@ -222,7 +235,7 @@ Anonymous:             0 kB
 
     #[test]
     fn without_a_heap_estimate_the_allocator_is_other_anonymous() {
-        let maps = parse_maps(SMAPS);
+        let maps = mappings();
         let (p, d) = partition(&maps, &[3], &Known::default());
         assert_eq!(
             (p.heap, p.allocator_retained, d.allocator_mappings),

@@ -327,13 +327,7 @@ fn dump(timeout: Duration) -> ThreadDump {
                 thread.kept = if thread.tid == me {
                     trim_requester(&stack, &resolved)
                 } else {
-                    stack
-                        .iter()
-                        .map(|&ip| Kept {
-                            ip,
-                            skip_inlined: 0,
-                        })
-                        .collect()
+                    symbolize::untrimmed(&stack)
                 };
             }
             Answer::Blocked => thread.missing = Some(Missing::SignalBlocked),

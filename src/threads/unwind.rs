@@ -450,6 +450,18 @@ mod tests {
         }
     }
 
+    /// The walk from pc 0x4000, `sp` and `fp` over `stack` and `code`.
+    fn walk(stack: &[usize], code: &[StackRange], sp: usize, fp: usize) -> Vec<usize> {
+        let memory = Memory {
+            stack: range(stack),
+            code,
+        };
+        let regs = Registers { pc: 0x4000, sp, fp };
+        let mut buf = [0usize; 16];
+        let n = unwind_from_context(regs, memory, &mut buf);
+        buf[..n].to_vec()
+    }
+
     #[test]
     fn walks_a_chain_from_registers() {
         let code = Code::new();
@@ -526,18 +538,9 @@ mod tests {
         let record = addr_of(&stack, 10);
         stack[10] = 0;
         stack[11] = code.ret(1);
-        let memory = Memory {
-            stack: range(&stack),
-            code: &ranges,
-        };
-        let regs = Registers {
-            pc: 0x4000,
-            sp: addr_of(&stack, 4),
-            fp: record,
-        };
-        let mut buf = [0usize; 8];
-        let n = unwind_from_context(regs, memory, &mut buf);
-        assert_eq!(&buf[..n], &[0x4001, code.ret(0), code.ret(1)]);
+        let sp = addr_of(&stack, 4);
+        let walked = walk(&stack, &ranges, sp, record);
+        assert_eq!(walked, [0x4001, code.ret(0), code.ret(1)]);
     }
 
     #[test]
@@ -554,18 +557,8 @@ mod tests {
         stack[21] = code.ret(1);
         stack[30] = 0;
         stack[31] = code.ret(2);
-        let memory = Memory {
-            stack: range(&stack),
-            code: &ranges,
-        };
-        let regs = Registers {
-            pc: 0x4000,
-            sp: addr_of(&stack, 4),
-            fp: 0x1234_5678,
-        };
-        let mut buf = [0usize; 8];
-        let n = unwind_from_context(regs, memory, &mut buf);
-        assert_eq!(&buf[..n], &[0x4001, code.ret(0), code.ret(1), code.ret(2)]);
+        let walked = walk(&stack, &ranges, addr_of(&stack, 4), 0x1234_5678);
+        assert_eq!(walked, [0x4001, code.ret(0), code.ret(1), code.ret(2)]);
     }
 
     #[test]

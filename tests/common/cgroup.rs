@@ -61,6 +61,18 @@ impl ChildCgroup {
             .lines()
             .any(|l| l.trim() == pid.to_string())
     }
+
+    /// `exe --serve 127.0.0.1:0`, started inside this cgroup (a shell
+    /// joins it, then execs the service).
+    pub fn serve_command(&self, exe: &std::path::Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2" --serve 127.0.0.1:0"#)
+            .arg("sh")
+            .arg(&self.0)
+            .arg(exe);
+        cmd
+    }
 }
 
 impl Drop for ChildCgroup {

@@ -130,3 +130,58 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// heapprof-http on a loopback port of its own thread, without a discovery
+/// file; returns its address.
+pub fn spawn_endpoint() -> SocketAddr {
+    heapprof_http::Config::new()
+        .announce(false)
+        .spawn("127.0.0.1:0")
+        .unwrap()
+        .detach()
+}
+
+/// Threads named `<name>-<i>`, each running `park` until released.
+pub struct Parked {
+    senders: Vec<std::sync::mpsc::Sender<()>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Parked {
+    /// Starts `n` threads with `stack_size` bytes of stack (the default
+    /// when `None`), each calling `park` with the receiver that
+    /// [`Parked::release`] sends to.
+    pub fn start(
+        n: usize,
+        name: &str,
+        stack_size: Option<usize>,
+        park: fn(std::sync::mpsc::Receiver<()>),
+    ) -> Parked {
+        let mut parked = Parked {
+            senders: Vec::new(),
+            handles: Vec::new(),
+        };
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            parked.senders.push(tx);
+            let mut builder = std::thread::Builder::new().name(format!("{name}-{i}"));
+            if let Some(bytes) = stack_size {
+                builder = builder.stack_size(bytes);
+            }
+            parked
+                .handles
+                .push(builder.spawn(move || park(rx)).unwrap());
+        }
+        parked
+    }
+
+    /// Lets every thread return and joins it.
+    pub fn release(self) {
+        for tx in self.senders {
+            tx.send(()).unwrap();
+        }
+        for h in self.handles {
+            h.join().unwrap();
+        }
+    }
+}

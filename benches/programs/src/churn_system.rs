@@ -16,31 +16,12 @@
 //! many bytes, as `quickstart --serve ADDR --commands` does. It exits at
 //! the end of stdin.
 
-use std::hint::black_box;
 use std::io::{BufRead, Write};
 
 #[global_allocator]
 static ALLOC: heapprof::Profiler<std::alloc::System> = heapprof::Profiler::new(std::alloc::System);
 
-/// quickstart's `churn`, kept identical (the bench counts the blocks of a
-/// command with one mirror of it for both targets): blocks of 16 B to
-/// 64 KiB from a xorshift sequence, each freed before the next, the last
-/// one cut so that exactly `total` bytes are allocated.
-#[inline(never)]
-fn churn(total: usize) -> usize {
-    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut done = 0;
-    while done < total {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        let size = (16 + (rng % 65_521) as usize).min(total - done);
-        let block: Vec<u8> = Vec::with_capacity(size);
-        black_box(&block);
-        done += size;
-    }
-    done
-}
+include!("../../../examples/common/churn.rs");
 
 fn main() {
     let addr = std::env::args()

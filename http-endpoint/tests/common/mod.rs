@@ -135,3 +135,26 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `go tool pprof -raw FILE`; returns stdout, failing with stderr.
+pub fn pprof_raw(what: &str, body: &[u8]) -> String {
+    let dir = temp_dir(&format!("raw-{}", what.replace(['/', '?', '='], "_")));
+    let file = dir.join("profile");
+    std::fs::write(&file, body).unwrap();
+    let out = std::process::Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(&file)
+        .env("PPROF_TMPDIR", &dir)
+        .env("HOME", &dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `go tool pprof` ({e}): install Go (Debian: golang-go)")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "go tool pprof -raw {what} failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -180,7 +180,7 @@ pub fn render(r: &VerifyReport) -> String {
                 (
                     "sum of the parts",
                     format!(
-                        "{} (smaps; VmRSS {}, {:+.2}%)",
+                        "{} (smaps; status RSS {}, {:+.2}%)",
                         bytes(x.parts_sum() as f64),
                         bytes(x.rss as f64),
                         (x.parts_sum() as f64 - x.rss as f64) * 100.0 / x.rss.max(1) as f64

@@ -114,19 +114,41 @@ impl Check {
         } else {
             format!("disagrees by {diff_pct:.1}% (tolerance {tolerance_pct}%)")
         };
+        let status = if ok {
+            Status::Agrees
+        } else {
+            Status::Disagrees
+        };
+        Self::judged(
+            name,
+            what,
+            expected,
+            observed,
+            tolerance_pct,
+            status,
+            verdict,
+        )
+    }
+
+    /// A check with its verdict made: `ok` follows from `status`.
+    fn judged(
+        name: &str,
+        what: &str,
+        expected: f64,
+        observed: f64,
+        tolerance_pct: f64,
+        status: Status,
+        verdict: String,
+    ) -> Self {
         Self {
             name: name.into(),
             what: what.into(),
             expected,
             observed,
-            diff_pct,
+            diff_pct: diff_pct(expected, observed),
             tolerance_pct,
-            status: if ok {
-                Status::Agrees
-            } else {
-                Status::Disagrees
-            },
-            ok,
+            ok: status != Status::Disagrees && status != Status::ClaimFalse,
+            status,
             sampling: None,
             verdict,
         }
@@ -199,16 +221,8 @@ impl Check {
             )
         };
         Self {
-            name: name.into(),
-            what: what.into(),
-            expected,
-            observed,
-            diff_pct,
-            tolerance_pct: total_pct,
-            ok: status != Status::Disagrees,
-            status,
             sampling: Some(sampling),
-            verdict,
+            ..Self::judged(name, what, expected, observed, total_pct, status, verdict)
         }
     }
 
@@ -236,25 +250,19 @@ impl Check {
                 bytes(slack)
             )
         };
+        let tolerance_pct = if actual == 0.0 {
+            0.0
+        } else {
+            slack / actual.abs() * 100.0
+        };
+        let status = if ok {
+            Status::ClaimHolds
+        } else {
+            Status::ClaimFalse
+        };
         Self {
-            name: name.into(),
-            what: what.into(),
-            expected: actual,
-            observed: claimed,
             diff_pct,
-            tolerance_pct: if actual == 0.0 {
-                0.0
-            } else {
-                slack / actual.abs() * 100.0
-            },
-            status: if ok {
-                Status::ClaimHolds
-            } else {
-                Status::ClaimFalse
-            },
-            ok,
-            sampling: None,
-            verdict,
+            ..Self::judged(name, what, actual, claimed, tolerance_pct, status, verdict)
         }
     }
 }

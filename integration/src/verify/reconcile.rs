@@ -30,11 +30,11 @@ use crate::format::{mib, signed_mib};
 
 /// RSS, partitioned. The numeric fields other than `rss`, `anon` and
 /// `threads` are the parts, in bytes; they add up to the RSS of the
-/// mappings (`detail.smaps_rss`), which `VmRSS` matches within its
+/// mappings (`detail.smaps_rss`), which the status file's RSS matches within its
 /// counters' lag.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Reconciliation {
-    /// Resident set size (`VmRSS`).
+    /// Resident set size from `/proc/PID/status`, in bytes.
     pub rss: u64,
     /// `RssAnon`.
     pub anon: u64,
@@ -252,7 +252,7 @@ pub fn growth(before: &Reconciliation, after: &Reconciliation, seconds: f64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use heapprof::sys::maps::parse_maps;
+    use heapprof::sys::maps::Mapping;
     use heapprof::sys::procfs::Status;
 
     const MIB: u64 = 1 << 20;
@@ -260,21 +260,26 @@ mod tests {
     /// A process: a jemalloc-like arena of 40 MiB resident, another
     /// anonymous mapping, a thread stack, libc.
     fn process() -> ProcessMemory {
-        let smaps = "\
-7e0000000000-7e0004000000 rw-p 00000000 00:00 0
-Rss:               40960 kB
-Anonymous:         40960 kB
-7e1000000000-7e1000800000 rw-p 00000000 00:00 0
-Rss:                5120 kB
-Anonymous:          5120 kB
-7f0000001000-7f0000801000 rw-p 00000000 00:00 0
-Rss:                 256 kB
-Anonymous:           256 kB
-7f1000000000-7f1000100000 r-xp 00001000 08:01 1234 /usr/lib/libc.so.6
-Rss:                1024 kB
-Anonymous:             0 kB
-";
-        let mappings = parse_maps(smaps);
+        let mapping = |start: u64, end: u64, path: &str, rss_kib: u64| Mapping {
+            start,
+            end,
+            perms: if path.is_empty() { "rw-p" } else { "r-xp" }.into(),
+            path: path.into(),
+            rss: rss_kib * 1024,
+            anonymous: if path.is_empty() { rss_kib * 1024 } else { 0 },
+            ..Mapping::default()
+        };
+        let mappings = vec![
+            mapping(0x7e00_0000_0000, 0x7e00_0400_0000, "", 40960),
+            mapping(0x7e10_0000_0000, 0x7e10_0080_0000, "", 5120),
+            mapping(0x7f00_0000_1000, 0x7f00_0080_1000, "", 256),
+            mapping(
+                0x7f10_0000_0000,
+                0x7f10_0010_0000,
+                "/usr/lib/libc.so.6",
+                1024,
+            ),
+        ];
         ProcessMemory {
             status: Status {
                 vm_rss: (40960 + 5120 + 256 + 1024) * 1024,

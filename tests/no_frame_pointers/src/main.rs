@@ -175,14 +175,21 @@ fn compare_here_quietly() -> Option<String> {
     };
     COMPARED.fetch_add(1, Ordering::Relaxed);
     let (table, libgcc) = (&table[..t], &libgcc[..l]);
-    let same = table.get(2).is_some_and(|anchor| {
+    let same = same_stack(table, libgcc);
+    (!same).then(|| format!("table  {table:x?}\nlibgcc {libgcc:x?}"))
+}
+
+/// The two captures agree from the table's third frame on (their first
+/// frames are the capture functions themselves): libgcc's stack, from the
+/// same address within its first 12 frames, is the table's.
+fn same_stack(table: &[usize], libgcc: &[usize]) -> bool {
+    table.get(2).is_some_and(|anchor| {
         libgcc
             .iter()
             .take(12)
             .position(|ip| ip == anchor)
             .is_some_and(|j| table[2..] == libgcc[j..])
-    });
-    (!same).then(|| format!("table  {table:x?}\nlibgcc {libgcc:x?}"))
+    })
 }
 
 fn compare_here() {
@@ -208,13 +215,7 @@ extern "C" fn compare_in_handler(_: libc::c_int) {
     };
     COMPARED.fetch_add(1, Ordering::Relaxed);
     let (table, libgcc) = (&table[..t], &libgcc[..l]);
-    let same = table.get(2).is_some_and(|anchor| {
-        libgcc
-            .iter()
-            .take(12)
-            .position(|ip| ip == anchor)
-            .is_some_and(|j| table[2..] == libgcc[j..])
-    });
+    let same = same_stack(table, libgcc);
     if !same {
         DIFFERED.fetch_add(1, Ordering::Relaxed);
     }
