@@ -26,11 +26,11 @@ pub struct Programs {
     pub prof_fp: Result<PathBuf, String>,
 }
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     // The outer `cargo bench` exports its own settings; the programs crate
     // is a separate workspace with its own profile.

@@ -108,11 +108,12 @@ impl<A: GlobalAlloc> Profiler<A> {
         p
     }
 
-    /// Frees a pointer that may be sampled (`block::may_be_tagged`): out
-    /// of line, so that every `dealloc` inlines one test.
+    /// Frees a pointer where a sampled one of its layout would be
+    /// (`block::is_tagged`): out of line, so that every `dealloc` inlines
+    /// one test.
     #[inline(never)]
     fn dealloc_tagged(&self, ptr: *mut u8, layout: Layout) {
-        if block::is_tagged(ptr, layout) && live_table::is_live(ptr) {
+        if live_table::is_live(ptr) {
             return self.dealloc_sampled(ptr, layout);
         }
         // SAFETY: not in the live table, so never sampled (or no longer,
@@ -200,7 +201,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if block::may_be_tagged(ptr) {
+        if block::is_tagged(ptr, layout) {
             return self.dealloc_tagged(ptr, layout);
         }
         // SAFETY: not where a sampled pointer is, so never sampled: inner
@@ -211,11 +212,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let rate = sampler::should_sample(new_size);
-        if rate == 0
-            && !(block::may_be_tagged(ptr)
-                && block::is_tagged(ptr, layout)
-                && live_table::is_live(ptr))
-        {
+        if rate == 0 && !(block::is_tagged(ptr, layout) && live_table::is_live(ptr)) {
             // SAFETY: ptr is not sampled, so inner allocated it with layout.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }

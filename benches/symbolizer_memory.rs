@@ -1,0 +1,98 @@
+//! Anonymous memory of three symbolizers naming the same functions:
+//! heapprof's resolver, blazesym and the backtrace crate's.
+//!
+//! `cargo bench --bench symbolizer_memory`
+//!
+//! Builds `benches/programs`' `symbolize-memory` (see its docs) and the
+//! quickstart example as `cargo build` leaves it (full debug info,
+//! unoptimised), then names 30, 300 and 3000 functions of each binary with
+//! each symbolizer, each run in a fresh process, and prints the peak rise
+//! of `RssAnon`, what is left afterwards and the time. The backtrace crate
+//! names only its own process's code, so it runs on `symbolize-memory`
+//! alone.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+
+use support::{build, cargo, program, programs_dir, root};
+
+fn main() {
+    let dir = programs_dir().join("symbolizers");
+    if let Err(e) = build(
+        &dir,
+        &["--features", "symbolizers", "--bin", "symbolize-memory"],
+        "",
+        &[],
+    ) {
+        panic!("building symbolize-memory: {e}");
+    }
+    let bin = dir.join("release/symbolize-memory");
+    // A target directory of its own: the outer `cargo bench` holds the
+    // workspace's.
+    let examples = programs_dir().join("symbolizers-examples");
+    let built = cargo()
+        .current_dir(root())
+        .args([
+            "build",
+            "--quiet",
+            "--example",
+            "quickstart",
+            "--target-dir",
+        ])
+        .arg(&examples)
+        .status()
+        .expect("run cargo");
+    assert!(built.success(), "building the quickstart example failed");
+    let quickstart = examples.join("debug/examples/quickstart");
+
+    println!(
+        "| binary | size | functions | symbolizer | named | inlined frames | RssAnon peak rise | left afterwards | time |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (what, path) in [
+        ("symbolize-memory (release, `debug = \"limited\"`)", &bin),
+        (
+            "quickstart (`cargo build`: full debug, unoptimised)",
+            &quickstart,
+        ),
+    ] {
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        for n in ["30", "300", "3000"] {
+            for method in ["heapprof", "blazesym", "backtrace"] {
+                if method == "backtrace" && path != &bin {
+                    continue;
+                }
+                let out = program(&bin, &[])
+                    .args([method, path.to_str().unwrap(), n])
+                    .output()
+                    .expect("run symbolize-memory");
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success(),
+                    "symbolize-memory {method} {n} failed:\n{stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let r: BTreeMap<&str, &str> = stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("RESULT "))
+                    .expect("a RESULT line")
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .collect();
+                let mib = |k: &str| r[k].parse::<f64>().unwrap() / 1024.0;
+                println!(
+                    "| {what} | {:.0} MB | {} | {method} | {} | {} | {:.1} MiB | {:.1} MiB | {} ms |",
+                    size as f64 / 1e6,
+                    r["functions"],
+                    r["named"],
+                    r["inlined"],
+                    mib("peak_kib"),
+                    mib("after_kib"),
+                    r["ms"],
+                );
+            }
+        }
+    }
+}
