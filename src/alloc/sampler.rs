@@ -120,32 +120,104 @@ pub(crate) fn reset_current_thread() {
 
 /// Exponentially distributed gap with mean `rate` bytes, at least 1.
 fn draw_gap(rng: &Cell<u64>, rate: u64) -> i64 {
+    let k = constants();
     let u = next_unit(rng);
-    let gap = -ln_unit(u) * rate as f64;
+    let gap = minus_ln_unit(u) * as_f64(rate);
     // Cap far from i64 overflow; the cap is ~2^40 times the mean away.
-    gap.clamp(1.0, (i64::MAX / 4) as f64) as i64
+    // (`max` first: it turns a NaN into 1.)
+    let gap = gap.max(k.one).min(k.gap_cap);
+    // SAFETY: `gap` is finite and in [1, i64::MAX / 4], so it converts
+    // exactly after truncation (a checked `as` would read the range from
+    // the constant pool).
+    unsafe { gap.to_int_unchecked::<i64>() }
 }
 
-/// The natural logarithm of `u` in [2^-53, 1], within 1e-14 of
-/// `f64::ln`. The sampler's own, because libm's reads lookup tables that
+/// The floating-point constants of the sampled path, together. Left to
+/// the compiler they are entries of the binary's constant pool, spread
+/// over half a dozen cache lines that are cold at every sample point
+/// (cachegrind counted 7 L1 misses a sample in `on_crossing` for them);
+/// read through [`constants`] they are three lines, the first two all a
+/// gap needs.
+#[repr(C, align(64))]
+struct Constants {
+    /// 1/17, 1/15, ..., 1/3, 1: the odd series of `atanh`.
+    odd: [f64; 9],
+    one: f64,
+    half: f64,
+    two: f64,
+    sqrt_2: f64,
+    ln_2: f64,
+    /// 2^-53: a 53-bit integer to (0, 1].
+    unit: f64,
+    /// Largest gap, bytes.
+    gap_cap: f64,
+    /// 1/2, 1/6, 1/24, 1/120: the series of `1 - exp(-x)`.
+    exp: [f64; 4],
+    /// Where that series stops being used: x = 1/16.
+    series_below: f64,
+    weight_one: f64,
+}
+
+static CONSTANTS: Constants = Constants {
+    odd: [
+        1.0 / 17.0,
+        1.0 / 15.0,
+        1.0 / 13.0,
+        1.0 / 11.0,
+        1.0 / 9.0,
+        1.0 / 7.0,
+        1.0 / 5.0,
+        1.0 / 3.0,
+        1.0,
+    ],
+    one: 1.0,
+    half: 0.5,
+    two: 2.0,
+    sqrt_2: core::f64::consts::SQRT_2,
+    ln_2: core::f64::consts::LN_2,
+    unit: 1.0 / (1u64 << 53) as f64,
+    gap_cap: (i64::MAX / 4) as f64,
+    exp: [1.0 / 2.0, 1.0 / 6.0, 1.0 / 24.0, 1.0 / 120.0],
+    series_below: 1.0 / 16.0,
+    weight_one: WEIGHT_ONE as f64,
+};
+
+/// [`CONSTANTS`], through a reference the optimiser cannot see into, so
+/// that it loads them from there instead of copying them into its pool.
+#[inline(always)]
+fn constants() -> &'static Constants {
+    core::hint::black_box(&CONSTANTS)
+}
+
+/// `x` as `f64`, for `x < 2^63`: a signed conversion is one instruction,
+/// an unsigned one reads two more pool constants.
+#[inline(always)]
+fn as_f64(x: u64) -> f64 {
+    x as i64 as f64
+}
+
+/// `-ln(u)` for `u` in [2^-53, 1], within 1e-14 of `-f64::ln`. The sampler's own, because libm's reads lookup tables that
 /// are cold cache lines at every sample point: `u = m * 2^e` with `m` in
 /// [sqrt(1/2), sqrt(2)), and `ln m = 2 atanh(s)`, `s = (m - 1) / (m + 1)`,
 /// `|s| < 0.172`, by its odd series to s^17 (the next term is below 1e-15).
-fn ln_unit(u: f64) -> f64 {
+fn minus_ln_unit(u: f64) -> f64 {
+    let k = constants();
     let bits = u.to_bits();
     let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
     let mut m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
-    if m > core::f64::consts::SQRT_2 {
-        m *= 0.5;
+    if m > k.sqrt_2 {
+        m *= k.half;
         e += 1;
     }
-    let s = (m - 1.0) / (m + 1.0);
-    let s2 = s * s;
-    let mut odd = 1.0 / 17.0;
-    for k in [15.0, 13.0, 11.0, 9.0, 7.0, 5.0, 3.0, 1.0] {
-        odd = 1.0 / k + s2 * odd;
+    // Negated terms instead of a negated result: a sign flip of a float
+    // reads a mask from the constant pool.
+    let minus_s = (k.one - m) / (m + k.one);
+    let s2 = minus_s * minus_s;
+    let mut odd = k.odd[0];
+    for c in &k.odd[1..] {
+        odd = c + s2 * odd;
     }
-    e as f64 * core::f64::consts::LN_2 + 2.0 * s * odd
+    (-e) as f64 * k.ln_2 + k.two * minus_s * odd
 }
 
 /// Uniform in (0, 1], from xorshift64*.
@@ -156,7 +228,7 @@ fn next_unit(rng: &Cell<u64>) -> f64 {
     x ^= x >> 27;
     rng.set(x);
     let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
-    ((r >> 11) + 1) as f64 / (1u64 << 53) as f64
+    as_f64((r >> 11) + 1) * constants().unit
 }
 
 static THREAD_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -195,9 +267,11 @@ pub(crate) fn weight_fx(size: usize, rate: u64) -> u64 {
     if rate <= 1 {
         return WEIGHT_ONE;
     }
-    let x = size as f64 / rate as f64;
-    let p = if x < 1.0 / 16.0 {
-        x * (1.0 - x * (1.0 / 2.0 - x * (1.0 / 6.0 - x * (1.0 / 24.0 - x / 120.0))))
+    let k = constants();
+    let x = as_f64(size as u64) / as_f64(rate);
+    let [c2, c6, c24, c120] = k.exp;
+    let p = if x < k.series_below {
+        x * (k.one - x * (c2 - x * (c6 - x * (c24 - x * c120))))
     } else {
         -(-x).exp_m1()
     };
@@ -206,21 +280,21 @@ pub(crate) fn weight_fx(size: usize, rate: u64) -> u64 {
     }
     // Rounded to nearest; the weight is positive, so +0.5 and truncation
     // do it without a call to libm's `round`.
-    ((WEIGHT_ONE as f64) / p + 0.5).max(WEIGHT_ONE as f64) as u64
+    (k.weight_one / p + k.half).max(k.weight_one) as u64
 }
 
 /// The variance one sample of `size` bytes with weight `weight_fx` adds to
 /// an estimate of bytes, estimated from the sample itself: `size² · w ·
 /// (w - 1)` with `w = 1 / p(size)` (see `profile::estimate`). 0 at rate 1.
 pub(crate) fn sample_variance(size: u64, weight_fx: u64) -> f64 {
-    variance_of(size as f64, weight_fx as f64 / WEIGHT_ONE as f64)
+    variance_of(as_f64(size), as_f64(weight_fx) / constants().weight_one)
 }
 
 /// [`sample_variance`] for a sample that counts `bytes` (its size, or a
 /// part of it such as its resident bytes) and stands for `weight`
 /// allocations.
 pub(crate) fn variance_of(bytes: f64, weight: f64) -> f64 {
-    bytes * bytes * weight * (weight - 1.0).max(0.0)
+    bytes * bytes * weight * (weight - constants().one).max(0.0)
 }
 
 /// Estimated bytes a sampled allocation of `size` stands for, given its
@@ -235,6 +309,12 @@ pub(crate) fn weighted_bytes(weight_fx: u64, size: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_reads_two_cache_lines_of_constants() {
+        assert_eq!(core::mem::align_of::<Constants>(), 64);
+        assert_eq!(core::mem::offset_of!(Constants, exp), 128);
+    }
 
     #[test]
     fn gaps_are_exponential_with_the_rate_as_mean() {
@@ -273,7 +353,7 @@ mod tests {
             core::f64::consts::FRAC_1_SQRT_2,
             core::f64::consts::FRAC_1_SQRT_2.next_down(),
         ]) {
-            let (ours, libm) = (ln_unit(u), u.ln());
+            let (ours, libm) = (-minus_ln_unit(u), u.ln());
             worst = worst.max((ours - libm).abs() / libm.abs().max(1e-300));
             assert!(
                 (ours - libm).abs() <= 1e-14 * libm.abs().max(1e-2),
