@@ -7,8 +7,8 @@
 //! none were; the live table (`live_table`) knows, but probing it costs a
 //! cache miss. So every sampled pointer carries a *tag*, its offset within
 //! a 4 KiB page ([`PAGE`]), and `dealloc` probes the table only for
-//! pointers at a sampled offset ([`is_tagged`]): on the unsampled path an
-//! AND and two compares.
+//! pointers at the offset a sampled block of their layout would have
+//! ([`is_tagged`]): on the unsampled path an AND and a compare.
 //!
 //! The tag is chosen to be rare among unsampled pointers. A sampled
 //! allocation of up to [`PAD_UP_TO`] bytes at an alignment of up to 16
