@@ -19,8 +19,9 @@
 //!
 //! Without a memory limit every build is admitted symbolized. Costs come
 //! from `cargo bench --bench profile_memory` (BENCHMARKS.md, "Memory of a
-//! profile"), rounded up; a symbolized build's grows with the size of the
-//! executable, whose debug info the resolver reads.
+//! profile"), rounded up. Symbolized builds also need the resolver's
+//! working set, which grows with the executable's debug info; builds take
+//! turns in the resolver, so that share is reserved once however many run.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,9 @@ pub enum BuildMode {
 pub struct Admission {
     mode: BuildMode,
     reserved: u64,
+    /// The resolver's share this build holds a count on (symbolized
+    /// builds), bytes.
+    resolver: u64,
 }
 
 impl Admission {
@@ -75,6 +79,9 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         RESERVED.fetch_sub(self.reserved, Ordering::Relaxed);
+        if self.mode == BuildMode::Symbolized {
+            leave_resolver(self.resolver);
+        }
     }
 }
 
@@ -109,15 +116,38 @@ impl NoRoom {
 /// Bytes reserved by admitted builds that are still running.
 static RESERVED: AtomicU64 = AtomicU64::new(0);
 
+/// Symbolized builds running. The resolver's working set
+/// ([`resolver_cost`]) is reserved once while there is any: builds take
+/// turns in the resolver (`symbolize::resolve_all` runs one batch at a
+/// time), so two of them never hold it at once.
+static SYMBOLIZING: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a symbolized build in, reserving `resolver` bytes if it is the
+/// only one.
+fn enter_resolver(resolver: u64) {
+    if SYMBOLIZING.fetch_add(1, Ordering::AcqRel) == 0 {
+        RESERVED.fetch_add(resolver, Ordering::Relaxed);
+    }
+}
+
+/// Counts a symbolized build out, releasing the resolver's share with the
+/// last one.
+fn leave_resolver(resolver: u64) {
+    if SYMBOLIZING.fetch_sub(1, Ordering::AcqRel) == 1 {
+        RESERVED.fetch_sub(resolver, Ordering::Relaxed);
+    }
+}
+
 /// Fixed cost of a symbolized build: the resolver's working set for one
 /// compilation unit, the gzip state, the output buffer's growth.
 const SYMBOLIZED_BASE: u64 = 3 << 20;
-/// The resolver's working set grows with the debug info it reads: a
-/// symbolized build also counts the executable's size divided by this.
-/// Measured first profiles: 0.9 MiB for a 37 MB release build, 5.8 to
-/// 10.6 MiB for a 202 MB unoptimised full-debug build; size / 16 is
-/// 2.3 MiB and 12.6 MiB.
-const SYMBOLIZED_BYTES_PER_EXECUTABLE_BYTE: u64 = 16;
+/// The resolver's working set grows with the debug info it reads: beyond
+/// [`SYMBOLIZED_BASE`] it is reckoned as the executable's size divided by
+/// this. Measured first profiles: 0.9-1.0 MiB for a 37 MB release build,
+/// 5.8 to 10.6 MiB for a 203 MB unoptimised full-debug build, against
+/// 4.2 and 6.8 MiB reckoned (base, 300 sites and size / 64), with the margin
+/// for the rest.
+const EXECUTABLE_BYTES_PER_RESOLVER_BYTE: u64 = 64;
 /// Fixed cost without symbolization.
 const UNSYMBOLIZED_BASE: u64 = 1 << 20;
 /// Per call site, symbolized: the snapshot, names of its addresses, the
@@ -138,11 +168,15 @@ pub(crate) fn costs(kind: BuildKind) -> (u64, u64) {
         BuildKind::Threads => crate::sys::procfs::self_status().threads.max(1),
     };
     (
-        SYMBOLIZED_BASE
-            + executable_bytes() / SYMBOLIZED_BYTES_PER_EXECUTABLE_BYTE
-            + units * SYMBOLIZED_PER_SITE,
+        SYMBOLIZED_BASE + units * SYMBOLIZED_PER_SITE,
         UNSYMBOLIZED_BASE + units * UNSYMBOLIZED_PER_SITE,
     )
+}
+
+/// The resolver's working set, bytes: reserved once for all symbolized
+/// builds running at the same time.
+pub(crate) fn resolver_cost() -> u64 {
+    executable_bytes() / EXECUTABLE_BYTES_PER_RESOLVER_BYTE
 }
 
 /// Size of this process's executable file, bytes (0 if unreadable), read
@@ -178,20 +212,25 @@ pub fn admit(kind: BuildKind) -> Result<Admission, NoRoom> {
 pub(crate) fn admit_within(kind: BuildKind, freed: u64) -> Result<Admission, NoRoom> {
     let (symbolized, unsymbolized) = costs(kind);
     let room = headroom().map(|(headroom, limit)| (headroom.saturating_add(freed), limit));
-    admit_with(kind, symbolized, unsymbolized, room)
+    admit_with(kind, (symbolized, resolver_cost()), unsymbolized, room)
 }
 
+/// [`admit`] with the costs given: `(symbolized, resolver)` for a
+/// symbolized build (its own part, and the resolver's shared one), and
+/// `unsymbolized`.
 fn admit_with(
     kind: BuildKind,
-    symbolized: u64,
+    (symbolized, resolver): (u64, u64),
     unsymbolized: u64,
     room: Option<(u64, u64)>,
 ) -> Result<Admission, NoRoom> {
     let Some((headroom, limit)) = room else {
+        enter_resolver(resolver);
         RESERVED.fetch_add(symbolized, Ordering::Relaxed);
         return Ok(Admission {
             mode: BuildMode::Symbolized,
             reserved: symbolized,
+            resolver,
         });
     };
     let margin = MARGIN_MIN.max(limit / 64);
@@ -199,6 +238,9 @@ fn admit_with(
         (BuildMode::Symbolized, symbolized),
         (BuildMode::Unsymbolized, unsymbolized),
     ] {
+        if mode == BuildMode::Symbolized {
+            enter_resolver(resolver);
+        }
         // Reserve first, then check, so two builds racing cannot both
         // count the same headroom.
         let before = RESERVED.fetch_add(cost, Ordering::Relaxed);
@@ -206,9 +248,13 @@ fn admit_with(
             return Ok(Admission {
                 mode,
                 reserved: cost,
+                resolver,
             });
         }
         RESERVED.fetch_sub(cost, Ordering::Relaxed);
+        if mode == BuildMode::Symbolized {
+            leave_resolver(resolver);
+        }
     }
     Err(NoRoom {
         kind: match kind {
@@ -232,33 +278,53 @@ mod tests {
     #[test]
     fn degrades_then_refuses_as_headroom_shrinks() {
         let limit = 256 * M; // margin 4 MiB
-        let a = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((20 * M, limit))).unwrap();
+        let a = admit_with(BuildKind::Heap, (6 * M, 0), 2 * M, Some((20 * M, limit))).unwrap();
         assert_eq!(a.mode(), BuildMode::Symbolized);
         drop(a);
-        let a = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((8 * M, limit))).unwrap();
+        let a = admit_with(BuildKind::Heap, (6 * M, 0), 2 * M, Some((8 * M, limit))).unwrap();
         assert_eq!(a.mode(), BuildMode::Unsymbolized);
         drop(a);
-        let e = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((5 * M, limit))).unwrap_err();
+        let e = admit_with(BuildKind::Heap, (6 * M, 0), 2 * M, Some((5 * M, limit))).unwrap_err();
         assert_eq!((e.needed, e.headroom, e.margin), (2 * M, 5 * M, 4 * M));
         assert!(e.to_string().contains("heap profile"), "{e}");
-        let free = admit_with(BuildKind::Cpu, 600 * M, 600 * M, None).unwrap();
+        let free = admit_with(BuildKind::Cpu, (600 * M, 0), 600 * M, None).unwrap();
         assert!(free.symbolize(), "no limit: always room");
         drop(free);
 
         // Builds in progress hold their reservation (one test: the
         // reservations are process-wide).
         let limit = 128 * M; // margin 2 MiB
-        let first = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit))).unwrap();
+        let first = admit_with(BuildKind::Heap, (6 * M, 0), 2 * M, Some((10 * M, limit))).unwrap();
         assert!(first.symbolize());
         // The same headroom, read before the first build allocated.
-        let second = admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit))).unwrap();
+        let second = admit_with(BuildKind::Heap, (6 * M, 0), 2 * M, Some((10 * M, limit))).unwrap();
         assert_eq!(second.mode(), BuildMode::Unsymbolized);
-        assert!(admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit))).is_err());
+        assert!(admit_with(BuildKind::Heap, (6 * M, 0), 2 * M, Some((10 * M, limit))).is_err());
         drop((first, second));
         assert!(
-            admit_with(BuildKind::Heap, 6 * M, 2 * M, Some((10 * M, limit)))
+            admit_with(BuildKind::Heap, (6 * M, 0), 2 * M, Some((10 * M, limit)))
                 .unwrap()
                 .symbolize()
         );
+
+        // The resolver's share is reserved once for the symbolized builds
+        // running together: 2 + 4 for the first, 2 more for the second.
+        let costs = (2 * M, 4 * M);
+        let first = admit_with(BuildKind::Heap, costs, M, Some((11 * M, limit))).unwrap();
+        let second = admit_with(BuildKind::Heap, costs, M, Some((11 * M, limit))).unwrap();
+        assert!(first.symbolize() && second.symbolize());
+        let third = admit_with(BuildKind::Heap, costs, M, Some((11 * M, limit))).unwrap();
+        assert_eq!(
+            third.mode(),
+            BuildMode::Unsymbolized,
+            "8 of 11 MiB reserved, 2 kept free"
+        );
+        drop((first, third));
+        // The second still holds the share: a new build adds only its own.
+        let again = admit_with(BuildKind::Heap, costs, M, Some((11 * M, limit))).unwrap();
+        assert!(again.symbolize());
+        drop((second, again));
+        assert_eq!(RESERVED.load(Ordering::Relaxed), 0);
+        assert_eq!(SYMBOLIZING.load(Ordering::Relaxed), 0);
     }
 }
