@@ -93,3 +93,20 @@ fn go_tool_pprof_reads_the_profile_and_charges_the_users_function() {
     assert!(bytes_label.is_some_and(|l| l.num > 0), "Go's bytes label");
     std::fs::remove_file(&path).ok();
 }
+
+/// A delta in which nothing changed has no samples, so no addresses to
+/// name; it is still a symbolized profile: no "unsymbolized" note and no
+/// `drop_frames` (once, such a profile was marked unsymbolized).
+#[test]
+fn an_empty_delta_is_not_marked_unsymbolized() {
+    let base = heapprof::snapshot();
+    let empty = base.delta_since(&base);
+    let p = decode(&empty.to_pprof());
+    assert!(p.sample.is_empty(), "{} samples", p.sample.len());
+    let comments: Vec<&str> = p.comment.iter().map(|&i| string(&p, i)).collect();
+    assert!(
+        comments.iter().all(|c| !c.contains("unsymbolized")),
+        "{comments:?}"
+    );
+    assert_eq!(p.drop_frames, 0);
+}

@@ -58,8 +58,9 @@ const UNSYMBOLIZED_NOTE: &str = "heapprof: unsymbolized (the process had too lit
      left to name addresses in process); name it with `heapprof pprof-heap FILE -o NAMED`, \
      which finds the binary by build ID (or `--binary PATH`)";
 
-/// Gzipped, encoded profile. `resolved` names the snapshot's addresses;
-/// empty, the profile is unsymbolized.
+/// Gzipped, encoded profile. `resolved` names the snapshot's addresses,
+/// unless `options` say the profile is unsymbolized. (An empty `resolved`
+/// is not the sign: a delta in which nothing changed has no addresses.)
 /// `resident`, when given, adds the resident view (see the module docs).
 pub(crate) fn encode(
     snap: &Snapshot,
@@ -68,14 +69,14 @@ pub(crate) fn encode(
     resident: Option<&ResidentSet>,
 ) -> Vec<u8> {
     let mut w = Writer::new();
-    header(&mut w, snap, options, resolved.is_empty(), resident);
+    header(&mut w, snap, options, options.unsymbolized, resident);
     let bytes_key = w.string("bytes");
     let ms = w.string("ms");
     let resident_of = resident_by_site(resident);
     let mut assigned: i64 = 0;
 
     for site in &snap.sites {
-        let kept = if resolved.is_empty() {
+        let kept = if options.unsymbolized {
             symbolize::untrimmed(site.stack)
         } else {
             symbolize::trim(site.stack, resolved)
