@@ -21,7 +21,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::{build_program, program};
+use support::{build_program, program, result_fields};
 
 /// Runs `sample-cost` with `HEAPPROF_UNWIND=unwind` in each build and
 /// prints the sampled path's table: p50 (p99) ns of an allocation and a
@@ -52,12 +52,7 @@ fn sample_cost(levels: &str) {
         let results: Vec<BTreeMap<String, String>> = stdout
             .lines()
             .filter_map(|l| l.strip_prefix("RESULT "))
-            .map(|r| {
-                r.split_whitespace()
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect()
-            })
+            .map(result_fields)
             .collect();
         for op in ["alloc", "free"] {
             let cell = |state: &str, sampled: &str| {
@@ -99,12 +94,7 @@ fn main() {
         );
         for line in stdout.lines() {
             if let Some(result) = line.strip_prefix("RESULT ") {
-                let fields = result
-                    .split_whitespace()
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                rows.push((build.to_string(), fields));
+                rows.push((build.to_string(), result_fields(result)));
             } else if !frame_pointers {
                 println!("{line}");
             }

@@ -14,9 +14,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::collections::BTreeMap;
-
-use support::{build, cargo, program, programs_dir, root};
+use support::{build, cargo, program, programs_dir, result_fields, root};
 
 fn main() {
     let dir = programs_dir().join("symbolizers");
@@ -74,13 +72,12 @@ fn main() {
                     "symbolize-memory {method} {n} failed:\n{stdout}{}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                let r: BTreeMap<&str, &str> = stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix("RESULT "))
-                    .expect("a RESULT line")
-                    .split_whitespace()
-                    .filter_map(|kv| kv.split_once('='))
-                    .collect();
+                let r = result_fields(
+                    stdout
+                        .lines()
+                        .find_map(|l| l.strip_prefix("RESULT "))
+                        .expect("a RESULT line"),
+                );
                 let mib = |k: &str| r[k].parse::<f64>().unwrap() / 1024.0;
                 println!(
                     "| {what} | {:.0} MB | {} | {method} | {} | {} | {:.1} MiB | {:.1} MiB | {} ms |",

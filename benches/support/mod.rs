@@ -209,3 +209,12 @@ pub fn percentile(v: &[f64], q: f64) -> f64 {
 pub fn quick() -> bool {
     std::env::var_os("HEAPPROF_BENCH_QUICK").is_some_and(|v| v != "0")
 }
+
+/// The `key=value` fields of a program's `RESULT ...` line (the line
+/// without its prefix).
+pub fn result_fields(line: &str) -> std::collections::BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}

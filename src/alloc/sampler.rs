@@ -196,8 +196,9 @@ fn as_f64(x: u64) -> f64 {
     x as i64 as f64
 }
 
-/// `-ln(u)` for `u` in [2^-53, 1], within 1e-14 of `-f64::ln`. The sampler's own, because libm's reads lookup tables that
-/// are cold cache lines at every sample point: `u = m * 2^e` with `m` in
+/// `-ln(u)` for `u` in [2^-53, 1], within 1e-14 of `-f64::ln`. The
+/// sampler's own, because libm's reads lookup tables that are cold cache
+/// lines at every sample point: `u = m * 2^e` with `m` in
 /// [sqrt(1/2), sqrt(2)), and `ln m = 2 atanh(s)`, `s = (m - 1) / (m + 1)`,
 /// `|s| < 0.172`, by its odd series to s^17 (the next term is below 1e-15).
 fn minus_ln_unit(u: f64) -> f64 {

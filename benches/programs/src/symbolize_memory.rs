@@ -25,12 +25,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 /// `RssAnon` of this process, KiB.
 fn rss_anon_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    heapprof::sys::procfs::self_status().rss_anon / 1024
 }
 
 /// File offsets of an address in the middle of `n` functions of `path`.
@@ -64,7 +59,8 @@ fn function_offsets(path: &str, n: usize) -> Vec<u64> {
 fn symbolize(method: &str, path: &str, offsets: &[u64]) -> (usize, usize) {
     match method {
         "heapprof" => {
-            let frames = heapprof::offline::name_file_offsets(path, offsets).expect("heapprof resolver");
+            let frames =
+                heapprof::offline::name_file_offsets(path, offsets).expect("heapprof resolver");
             let named = frames.iter().filter(|f| !f.is_empty()).count();
             let inlined = frames.iter().map(|f| f.len().saturating_sub(1)).sum();
             (named, inlined)
@@ -90,12 +86,20 @@ fn symbolize(method: &str, path: &str, offsets: &[u64]) -> (usize, usize) {
             counts
         }
         "backtrace" => {
-            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let maps_text = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let maps = heapprof::sys::maps::parse_maps(&maps_text);
             let exe = std::fs::read_link("/proc/self/exe").unwrap();
             let exe = exe.to_str().unwrap();
             let mut counts = (0, 0);
             for &off in offsets {
-                let Some(addr) = runtime_address(&maps, exe, off) else {
+                // Where file offset `off` of the executable is mapped here.
+                let Some(addr) = maps
+                    .iter()
+                    .find(|m| {
+                        m.path == exe && m.offset <= off && off < m.offset + (m.end - m.start)
+                    })
+                    .map(|m| m.start + (off - m.offset))
+                else {
                     continue;
                 };
                 let mut frames = 0;
@@ -110,24 +114,6 @@ fn symbolize(method: &str, path: &str, offsets: &[u64]) -> (usize, usize) {
         }
         other => panic!("unknown method {other}: heapprof, blazesym or backtrace"),
     }
-}
-
-/// Where file offset `off` of `exe` is mapped in this process.
-fn runtime_address(maps: &str, exe: &str, off: u64) -> Option<u64> {
-    maps.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let range = f.next()?;
-        let _perms = f.next()?;
-        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-        let path = f.nth(2)?;
-        let (start, end) = range.split_once('-')?;
-        let (start, end) = (
-            u64::from_str_radix(start, 16).ok()?,
-            u64::from_str_radix(end, 16).ok()?,
-        );
-        (path == exe && offset <= off && off < offset + (end - start))
-            .then(|| start + (off - offset))
-    })
 }
 
 fn main() {

@@ -7,7 +7,7 @@
 //! touch. Naming 300 functions of a 74 MB debug build took 29 MiB of
 //! anonymous memory with blazesym, against 0.4 MiB here; of a 22 MB
 //! release build, 22 MiB with the `backtrace` crate, 13 MiB with
-//! blazesym, 0.9 MiB here (BENCHMARKS.md, "Memory of a profile"). Per
+//! blazesym, 0.8 MiB here (BENCHMARKS.md, "Memory of a profile"). Per
 //! batch of addresses:
 //!
 //! 1. one pass over `.debug_aranges` gives each address its unit (the
