@@ -27,11 +27,23 @@
 //! lives in the bucket its page number hashes to. Entries never move (no
 //! probing chains, no rehash), so a lock-free lookup can never miss a live
 //! entry: that is what makes it safe to decide the layout of a `dealloc` from
-//! it. Insertion claims an empty key with a CAS, writes the record, then
-//! publishes the pointer; only the owner of a pointer removes it. A full
-//! bucket means the allocation is not sampled after all; those are counted
-//! in [`dropped`]. The arrays are zero-initialised statics (untouched pages
-//! cost no memory).
+//! it. A key packs the pointer (its page number and whether it is at the
+//! tag or the page's start, the only two places a sampled pointer can be)
+//! with the index of its record's slot. Insertion claims an empty key with
+//! a CAS, takes a slot, writes the record, then publishes the key; only
+//! the owner of a pointer removes it. A full bucket (or, at rate 1, no free
+//! slot) means the allocation is not sampled after all; those are counted
+//! in [`dropped`].
+//!
+//! The arrays are zero-initialised statics, so untouched pages cost no
+//! memory; what decides the cost is how many pages a run touches. The
+//! buckets are spread by the hash (1 MiB at most). Slots are handed out
+//! densely, most recently freed first, so the records of a service with a
+//! few thousand live samples fit in a few pages, already resident and
+//! mostly cached, instead of a fresh page fault (about 3 µs on the
+//! benchmarks' VM) for a sample landing on a record page nothing touched
+//! before; the bucket array is made resident in one go by the first
+//! insert ([`touch_buckets`]).
 //!
 //! Every field a reader and a writer can touch at once is an atomic, and
 //! the module forbids `unsafe` code, so that stays true: a racing
@@ -39,9 +51,9 @@
 
 #![forbid(unsafe_code)]
 
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-use super::block::PAGE;
+use super::block::{PAGE, TAG};
 
 const BUCKET_BITS: u32 = 14;
 const BUCKETS: usize = 1 << BUCKET_BITS;
@@ -51,8 +63,35 @@ pub(crate) const WAYS: usize = 8;
 pub(crate) const CAPACITY: usize = BUCKETS * WAYS;
 
 const EMPTY: usize = 0;
-/// A claimed slot whose record is being written; never a sampled address.
+/// A claimed key whose record is being written; never a published key
+/// (those have a page number of at least 1 above [`PAGE_SHIFT`]).
 const CLAIMED: usize = 1;
+
+/// Bits of a key that hold the record's slot index.
+const SLOT_BITS: u32 = CAPACITY.trailing_zeros();
+const SLOT_MASK: usize = CAPACITY - 1;
+/// The key bit that says the pointer is at [`TAG`] in its page (else at 0).
+const AT_TAG: usize = 1 << SLOT_BITS;
+/// Where the page number starts in a key. User addresses have at most 57
+/// bits (five-level paging), so a page number fits in the 64 - 18 bits left.
+const PAGE_SHIFT: u32 = SLOT_BITS + 1;
+
+/// The key bits that name `addr`, or `None` if `addr` is neither at a
+/// page's start nor at [`TAG`] (never a sampled pointer).
+#[inline(always)]
+fn address_bits(addr: usize) -> Option<usize> {
+    let at_tag = match addr % PAGE {
+        0 => 0,
+        TAG => AT_TAG,
+        _ => return None,
+    };
+    Some((addr / PAGE) << PAGE_SHIFT | at_tag)
+}
+
+/// The pointer a published key names.
+fn address_of(key: usize) -> usize {
+    (key >> PAGE_SHIFT) * PAGE + if key & AT_TAG != 0 { TAG } else { 0 }
+}
 
 /// What the profiler remembers about one live sampled allocation.
 #[derive(Clone, Copy, Debug, Default)]
@@ -72,18 +111,23 @@ pub(crate) struct Record {
     pub pad: u16,
 }
 
+const _: () = assert!(CAPACITY.is_power_of_two() && PAGE_SHIFT + 45 <= usize::BITS);
+const _: () = assert!(core::mem::size_of::<Slot>() == 32);
+
 #[repr(C, align(64))]
 struct Bucket {
     keys: [AtomicUsize; WAYS],
 }
 
-/// A [`Record`] in atomics: written by the thread that claimed its key
-/// (CAS `EMPTY -> CLAIMED`) before it publishes the key with Release, read
+/// A [`Record`] in atomics, 32 bytes (two to a cache line): written by
+/// the thread that took the slot (after claiming a key, CAS `EMPTY ->
+/// CLAIMED`) before it publishes the key with Release, read
 /// after an Acquire load of the published key. Readers that do not own the
 /// pointer ([`for_each`]) may race with a reuse of the slot; atomics make
 /// that a stale or mixed read, never undefined behaviour, and [`for_each`]
 /// re-checks the key to skip records that changed under it.
 struct Slot {
+    /// The site; while the slot is free, the free-stack link (`give_back`).
     site: AtomicU32,
     /// `offset | pad << 16`.
     placement: AtomicU32,
@@ -135,19 +179,107 @@ static BUCKETS_TABLE: [Bucket; BUCKETS] = [const {
 
 static RECORDS: [Slot; CAPACITY] = [const { Slot::new() }; CAPACITY];
 
-/// Live entries and the next slot of [`FREED`], on a cache line of their
-/// own: every tagged free reads `live`, sampled allocations and frees
-/// write them.
+/// What every sampled allocation and free writes, on one cache line: the
+/// count of live entries (which every tagged free reads) and the free
+/// slots, a lock-free stack (most recently freed on top, linked through
+/// the free slots' `site` field) above the slots never used.
 #[repr(align(64))]
-struct LiveCount {
+struct Shared {
     live: AtomicUsize,
+    /// `generation << 32 | (slot + 1)` of the top free slot, 0 when the
+    /// stack is empty. The generation changes with every push and pop, so
+    /// a pop whose top was popped and pushed back meanwhile fails its CAS.
+    top: AtomicU64,
+    /// The first slot never handed out.
+    fresh: AtomicU32,
+    /// The next entry of [`FREED`] to write.
     freed_next: AtomicUsize,
+    /// Whether the bucket array's pages have been touched ([`touch_buckets`]).
+    buckets_touched: AtomicBool,
 }
 
-static LIVE: LiveCount = LiveCount {
+static SHARED: Shared = Shared {
     live: AtomicUsize::new(0),
+    top: AtomicU64::new(0),
+    fresh: AtomicU32::new(0),
     freed_next: AtomicUsize::new(0),
+    buckets_touched: AtomicBool::new(false),
 };
+
+/// Makes every page of the bucket array resident, once per process, on
+/// the first insert. Samples hash to buckets at random, so a run's first
+/// thousand samples would otherwise each find a page never touched and
+/// take a page fault (about 3 µs on a VM) inside the allocation; this
+/// takes them all at once, 256 faults for the 1 MiB, under a millisecond
+/// once in the process's life. A compare-exchange of `EMPTY` for `EMPTY` writes (x86
+/// always writes a locked `cmpxchg`'s line; an idempotent `fetch_or(0)`
+/// is turned into a load by the compiler, which maps the shared zero
+/// page and faults again later) without changing anything, so it cannot
+/// race with a concurrent insert.
+#[cold]
+fn touch_buckets() {
+    if SHARED.buckets_touched.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    for bucket in BUCKETS_TABLE
+        .iter()
+        .step_by(PAGE / core::mem::size_of::<Bucket>())
+    {
+        let _ = bucket.keys[WAYS - 1].compare_exchange(
+            EMPTY,
+            EMPTY,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+}
+
+const LOW: u64 = u32::MAX as u64;
+
+/// Takes a free slot: the most recently freed, else a fresh one. `None`
+/// when all [`CAPACITY`] are taken.
+fn take_slot() -> Option<usize> {
+    let mut top = SHARED.top.load(Ordering::Acquire);
+    while let Some(slot) = ((top & LOW) as usize).checked_sub(1) {
+        // A stale link (the slot was taken meanwhile) fails the CAS below.
+        let below = RECORDS[slot].site.load(Ordering::Relaxed);
+        let popped = (top >> 32).wrapping_add(1) << 32 | u64::from(below);
+        match SHARED
+            .top
+            .compare_exchange_weak(top, popped, Ordering::Acquire, Ordering::Acquire)
+        {
+            Ok(_) => return Some(slot),
+            Err(now) => top = now,
+        }
+    }
+    SHARED
+        .fresh
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            ((n as usize) < CAPACITY).then_some(n + 1)
+        })
+        .ok()
+        .map(|n| n as usize)
+}
+
+/// Puts `slot`, no longer named by any key, back on the free stack; its
+/// `site` field links to the slot below (`slot + 1`, 0 at the bottom).
+fn give_back(slot: usize) {
+    let mut top = SHARED.top.load(Ordering::Relaxed);
+    loop {
+        RECORDS[slot]
+            .site
+            .store((top & LOW) as u32, Ordering::Relaxed);
+        let pushed = (top >> 32).wrapping_add(1) << 32 | (slot as u64 + 1);
+        match SHARED
+            .top
+            .compare_exchange_weak(top, pushed, Ordering::Release, Ordering::Relaxed)
+        {
+            Ok(_) => return,
+            Err(now) => top = now,
+        }
+    }
+}
+
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Addresses of the last [`FREED_KEPT`] sampled blocks freed, a ring: they
@@ -162,25 +294,36 @@ fn bucket_of(ptr: usize) -> usize {
     (page.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BUCKET_BITS)) as usize
 }
 
-fn record_slot(bucket: usize, way: usize) -> &'static Slot {
-    &RECORDS[bucket * WAYS + way]
+/// Where the bucket `ptr` would be in is, for a prefetch.
+#[inline(always)]
+pub(crate) fn bucket_address(ptr: *mut u8) -> *const u8 {
+    core::ptr::from_ref(&BUCKETS_TABLE[bucket_of(ptr as usize)]).cast()
 }
 
 /// Remembers a new sampled allocation. Returns false (and counts a drop)
 /// when its bucket is full; the caller must then treat it as unsampled.
 pub(crate) fn insert(ptr: *mut u8, record: Record) -> bool {
     let addr = ptr as usize;
-    debug_assert!(addr > CLAIMED);
-    let b = bucket_of(addr);
-    for (way, key) in BUCKETS_TABLE[b].keys.iter().enumerate() {
+    let Some(bits) = address_bits(addr) else {
+        debug_assert!(false, "{addr:#x} is not where a sampled pointer is");
+        return false;
+    };
+    if !SHARED.buckets_touched.load(Ordering::Relaxed) {
+        touch_buckets();
+    }
+    for key in &BUCKETS_TABLE[bucket_of(addr)].keys {
         if key
             .compare_exchange(EMPTY, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            // The CAS gave this thread the slot until it publishes the key.
-            record_slot(b, way).write(record);
-            key.store(addr, Ordering::Release);
-            LIVE.live.fetch_add(1, Ordering::Relaxed);
+            // The CAS gave this thread the key until it publishes it.
+            let Some(slot) = take_slot() else {
+                key.store(EMPTY, Ordering::Release);
+                break;
+            };
+            RECORDS[slot].write(record);
+            key.store(bits | slot, Ordering::Release);
+            SHARED.live.fetch_add(1, Ordering::Relaxed);
             return true;
         }
     }
@@ -194,15 +337,18 @@ pub(crate) fn insert(ptr: *mut u8, record: Record) -> bool {
 /// reallocating it), which is what makes the lock-free removal safe.
 pub(crate) fn remove(ptr: *mut u8) -> Option<Record> {
     let addr = ptr as usize;
-    let b = bucket_of(addr);
-    for (way, key) in BUCKETS_TABLE[b].keys.iter().enumerate() {
-        if key.load(Ordering::Acquire) == addr {
+    let bits = address_bits(addr)?;
+    for key in &BUCKETS_TABLE[bucket_of(addr)].keys {
+        let k = key.load(Ordering::Acquire);
+        if k & !SLOT_MASK == bits {
             // The Acquire load saw the key published after the record was
             // written, and only this owner can clear it.
-            let record = record_slot(b, way).read();
+            let slot = k & SLOT_MASK;
+            let record = RECORDS[slot].read();
             key.store(EMPTY, Ordering::Release);
-            LIVE.live.fetch_sub(1, Ordering::Relaxed);
-            let slot = LIVE.freed_next.fetch_add(1, Ordering::Relaxed) % FREED_KEPT;
+            give_back(slot);
+            SHARED.live.fetch_sub(1, Ordering::Relaxed);
+            let slot = SHARED.freed_next.fetch_add(1, Ordering::Relaxed) % FREED_KEPT;
             FREED[slot].store(addr, Ordering::Relaxed);
             return Some(record);
         }
@@ -222,7 +368,7 @@ pub(crate) fn remove(ptr: *mut u8) -> Option<Record> {
 /// entry, so each value since then includes this entry.
 #[inline(always)]
 pub(crate) fn is_live(ptr: *mut u8) -> bool {
-    LIVE.live.load(Ordering::Relaxed) != 0 && contains(ptr)
+    SHARED.live.load(Ordering::Relaxed) != 0 && contains(ptr)
 }
 
 /// Whether `ptr` is a live sampled allocation. Only meaningful when called
@@ -230,11 +376,14 @@ pub(crate) fn is_live(ptr: *mut u8) -> bool {
 #[inline(always)]
 pub(crate) fn contains(ptr: *mut u8) -> bool {
     let addr = ptr as usize;
+    let Some(bits) = address_bits(addr) else {
+        return false;
+    };
     let keys = &BUCKETS_TABLE[bucket_of(addr)].keys;
     // Branch-free over the cache line: eight loads, one test.
     let mut hit = false;
     for key in keys {
-        hit |= key.load(Ordering::Acquire) == addr;
+        hit |= key.load(Ordering::Acquire) & !SLOT_MASK == bits;
     }
     hit
 }
@@ -248,18 +397,16 @@ pub(crate) fn for_each(mut f: impl FnMut(&Record)) {
 
 /// [`for_each`], with each allocation's address.
 pub(crate) fn for_each_at(mut f: impl FnMut(usize, &Record)) {
-    for (b, bucket) in BUCKETS_TABLE.iter().enumerate() {
-        for (way, key) in bucket.keys.iter().enumerate() {
-            let k = key.load(Ordering::Acquire);
-            if k <= CLAIMED {
-                continue;
-            }
-            let record = record_slot(b, way).read();
-            // Order the reads of the record before the second key load.
-            fence(Ordering::Acquire);
-            if key.load(Ordering::Relaxed) == k {
-                f(k, &record);
-            }
+    for key in BUCKETS_TABLE.iter().flat_map(|bucket| &bucket.keys) {
+        let k = key.load(Ordering::Acquire);
+        if k <= CLAIMED {
+            continue;
+        }
+        let record = RECORDS[k & SLOT_MASK].read();
+        // Order the reads of the record before the second key load.
+        fence(Ordering::Acquire);
+        if key.load(Ordering::Relaxed) == k {
+            f(address_of(k), &record);
         }
     }
 }
@@ -278,7 +425,7 @@ pub(crate) fn for_each_freed(mut f: impl FnMut(usize)) {
 
 /// Live sampled allocations currently tracked.
 pub(crate) fn live() -> usize {
-    LIVE.live.load(Ordering::Relaxed)
+    SHARED.live.load(Ordering::Relaxed)
 }
 
 /// Samples not taken because their bucket was full.
@@ -309,6 +456,13 @@ pub(crate) fn ranges() -> [(usize, usize); 2] {
 mod tests {
     use super::*;
 
+    /// The table is process-wide: its tests take turns.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn page(n: usize) -> *mut u8 {
         // Fake sampled addresses far from anything real tests use.
         ((0x7e00_0000_0000usize) + n * PAGE + 4080) as *mut u8
@@ -316,6 +470,7 @@ mod tests {
 
     #[test]
     fn insert_remove_round_trip() {
+        let _serial = serial();
         let p = page(1);
         let rec = Record {
             site: 7,
@@ -337,7 +492,59 @@ mod tests {
     }
 
     #[test]
+    fn keys_name_tagged_and_page_aligned_pointers() {
+        let _serial = serial();
+        let tagged = page(7) as usize;
+        let aligned = tagged - TAG;
+        for addr in [tagged, aligned] {
+            let bits = address_bits(addr).expect("a sampled place");
+            assert_eq!(address_of(bits | 5), addr);
+            assert!(bits > CLAIMED);
+        }
+        assert_eq!(address_bits(aligned + 16), None);
+        assert!(!contains((aligned + 16) as *mut u8));
+    }
+
+    #[test]
+    fn slots_are_reused_most_recently_freed_first() {
+        let _serial = serial();
+        let a = take_slot().expect("a slot");
+        let b = take_slot().expect("a slot");
+        assert_ne!(a, b);
+        give_back(a);
+        give_back(b);
+        assert_eq!(take_slot(), Some(b));
+        assert_eq!(take_slot(), Some(a));
+        give_back(a);
+        give_back(b);
+    }
+
+    #[test]
+    fn a_record_is_found_at_the_address_it_was_inserted_with() {
+        let _serial = serial();
+        for p in [page(3), (page(4) as usize - TAG) as *mut u8] {
+            let rec = Record {
+                site: 11,
+                size: 99,
+                ..Record::default()
+            };
+            assert!(insert(p, rec));
+            let mut seen = None;
+            for_each_at(|addr, r| {
+                if addr == p as usize {
+                    seen = Some((r.site, r.size));
+                }
+            });
+            assert_eq!(seen, Some((11, 99)));
+            assert!(contains(p));
+            assert!(remove(p).is_some());
+            assert!(!contains(p));
+        }
+    }
+
+    #[test]
     fn a_full_bucket_drops_and_counts() {
+        let _serial = serial();
         // Find WAYS + 1 pages that hash to one bucket.
         let target = bucket_of(page(100_000) as usize);
         let same: Vec<_> = (100_000..10_000_000)

@@ -18,6 +18,20 @@ use super::site_table::{self, MAX_DEPTH};
 use super::{clock, sampler, stack};
 use crate::labels;
 
+/// Starts fetching the cache line at `addr` (a hint: no fault, no effect
+/// on what the program computes).
+#[inline(always)]
+fn prefetch(addr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching has no architectural effect and never faults,
+    // whatever the address; SSE is part of the x86_64 baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 /// A global allocator that samples the allocations it passes to `A`.
 ///
 /// ```no_run
@@ -64,9 +78,6 @@ impl<A: GlobalAlloc> Profiler<A> {
         let Some(block) = Block::for_layout(layout) else {
             return plain(&self.inner);
         };
-        let mut frames = [0usize; MAX_DEPTH];
-        let depth = stack::capture(&mut frames);
-        let site = site_table::intern(&frames[..depth], labels::current_id());
         // SAFETY: block.inner has a non-zero size (at least the caller's)
         // and a valid alignment (Block::for_layout).
         let inner = unsafe {
@@ -82,6 +93,12 @@ impl<A: GlobalAlloc> Profiler<A> {
         let offset = block.offset_of(inner);
         // SAFETY: offset + size <= block.inner.size() (Block::offset_of).
         let p = unsafe { inner.add(offset) };
+        // The live table's line for p is rarely cached: fetch it while the
+        // stack is walked.
+        prefetch(live_table::bucket_address(p));
+        let mut frames = [0usize; MAX_DEPTH];
+        let depth = stack::capture(&mut frames);
+        let site = site_table::intern(&frames[..depth], labels::current_id());
         if zeroed && block.padded {
             // SAFETY: p is valid for the caller's size bytes (above).
             unsafe { p.write_bytes(0, layout.size()) };
