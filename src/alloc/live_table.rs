@@ -51,9 +51,10 @@
 
 #![forbid(unsafe_code)]
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
 use super::block::{PAGE, TAG};
+use super::shared_line::SHARED;
 
 const BUCKET_BITS: u32 = 14;
 const BUCKETS: usize = 1 << BUCKET_BITS;
@@ -179,32 +180,13 @@ static BUCKETS_TABLE: [Bucket; BUCKETS] = [const {
 
 static RECORDS: [Slot; CAPACITY] = [const { Slot::new() }; CAPACITY];
 
-/// What every sampled allocation and free writes, on one cache line: the
-/// count of live entries (which every tagged free reads) and the free
-/// slots, a lock-free stack (most recently freed on top, linked through
-/// the free slots' `site` field) above the slots never used.
-#[repr(align(64))]
-struct Shared {
-    live: AtomicUsize,
-    /// `generation << 32 | (slot + 1)` of the top free slot, 0 when the
-    /// stack is empty. The generation changes with every push and pop, so
-    /// a pop whose top was popped and pushed back meanwhile fails its CAS.
-    top: AtomicU64,
-    /// The first slot never handed out.
-    fresh: AtomicU32,
-    /// The next entry of [`FREED`] to write.
-    freed_next: AtomicUsize,
-    /// Whether the bucket array's pages have been touched ([`touch_buckets`]).
-    buckets_touched: AtomicBool,
-}
-
-static SHARED: Shared = Shared {
-    live: AtomicUsize::new(0),
-    top: AtomicU64::new(0),
-    fresh: AtomicU32::new(0),
-    freed_next: AtomicUsize::new(0),
-    buckets_touched: AtomicBool::new(false),
-};
+// The count of live entries (which every tagged free reads) and the free
+// slots, a lock-free stack (most recently freed on top, linked through the
+// free slots' `site` field) above the slots never used, are on the line
+// every sample writes (`shared_line`). The stack's top is
+// `generation << 32 | (slot + 1)`, 0 when it is empty; the generation
+// changes with every push and pop, so a pop whose top was popped and
+// pushed back meanwhile fails its CAS.
 
 /// Makes every page of the bucket array resident, once per process, on
 /// the first insert. Samples hash to buckets at random, so a run's first
@@ -239,15 +221,17 @@ const LOW: u64 = u32::MAX as u64;
 /// Takes a free slot: the most recently freed, else a fresh one. `None`
 /// when all [`CAPACITY`] are taken.
 fn take_slot() -> Option<usize> {
-    let mut top = SHARED.top.load(Ordering::Acquire);
+    let mut top = SHARED.free_top.load(Ordering::Acquire);
     while let Some(slot) = ((top & LOW) as usize).checked_sub(1) {
         // A stale link (the slot was taken meanwhile) fails the CAS below.
         let below = RECORDS[slot].site.load(Ordering::Relaxed);
         let popped = (top >> 32).wrapping_add(1) << 32 | u64::from(below);
-        match SHARED
-            .top
-            .compare_exchange_weak(top, popped, Ordering::Acquire, Ordering::Acquire)
-        {
+        match SHARED.free_top.compare_exchange_weak(
+            top,
+            popped,
+            Ordering::Acquire,
+            Ordering::Acquire,
+        ) {
             Ok(_) => return Some(slot),
             Err(now) => top = now,
         }
@@ -264,16 +248,18 @@ fn take_slot() -> Option<usize> {
 /// Puts `slot`, no longer named by any key, back on the free stack; its
 /// `site` field links to the slot below (`slot + 1`, 0 at the bottom).
 fn give_back(slot: usize) {
-    let mut top = SHARED.top.load(Ordering::Relaxed);
+    let mut top = SHARED.free_top.load(Ordering::Relaxed);
     loop {
         RECORDS[slot]
             .site
             .store((top & LOW) as u32, Ordering::Relaxed);
         let pushed = (top >> 32).wrapping_add(1) << 32 | (slot as u64 + 1);
-        match SHARED
-            .top
-            .compare_exchange_weak(top, pushed, Ordering::Release, Ordering::Relaxed)
-        {
+        match SHARED.free_top.compare_exchange_weak(
+            top,
+            pushed,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
             Ok(_) => return,
             Err(now) => top = now,
         }

@@ -4,7 +4,10 @@
 //! whether a sample point falls inside it (one thread-local subtract); a
 //! sampled one has its call stack captured (`stack`), interned as a call
 //! site in `site_table`, remembered in `live_table` so that its free is
-//! recognised, and counted toward the high-water mark (`peak`).
+//! recognised, and counted toward the high-water mark (`peak`). The
+//! process-wide figures every sample writes share one cache line
+//! (`shared_line`), so that threads sampling on different cores move one
+//! line between them, not one per figure.
 //!
 //! The rules every module here keeps: no allocation, no lock and no
 //! syscall on the unsampled path; the sampled path runs under the
@@ -24,6 +27,7 @@ pub(crate) mod peak;
 mod profiler;
 pub(crate) mod reentrancy;
 pub(crate) mod sampler;
+mod shared_line;
 pub(crate) mod site_table;
 mod spin;
 pub(crate) mod stack;

@@ -23,10 +23,11 @@
 //! (`fork`), so a child never inherits it locked.
 
 use core::ptr;
-use core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::config;
 use super::pages::map_zeroed;
+use super::shared_line::SHARED;
 use super::spin::SpinLock;
 
 /// Deepest stack kept per sample, in frames (profiler frames included; they
@@ -338,24 +339,14 @@ pub(crate) fn fork_release() {
     LOCK.release();
 }
 
-/// Process-wide totals every sample updates, on one cache line.
-#[repr(align(64))]
-struct Totals {
-    /// Estimated in-use bytes of the whole process, from the samples.
-    inuse_bytes: AtomicI64,
-    /// Sum of [`sampler::sample_variance`](super::sampler::sample_variance)
-    /// over every sampled allocation since start, in [`VARIANCE_UNIT`]s:
-    /// the variance of the estimate of bytes allocated. Its change over a
-    /// window is the variance of the window's estimate.
-    alloc_variance: AtomicU64,
-}
+// Process-wide totals every sample updates, on the line every sample
+// writes (`shared_line`): `inuse_bytes`, the estimated in-use bytes of the
+// whole process, and `alloc_variance`, the sum of
+// `sampler::sample_variance` over every sampled allocation since start in
+// [`VARIANCE_UNIT`]s: the variance of the estimate of bytes allocated,
+// whose change over a window is the variance of the window's estimate.
 
-static TOTALS: Totals = Totals {
-    inuse_bytes: AtomicI64::new(0),
-    alloc_variance: AtomicU64::new(0),
-};
-
-/// Unit of [`Totals::alloc_variance`], bytes². A sample at the default rate adds
+/// Unit of the variance total, bytes². A sample at the default rate adds
 /// about 2^28 units, so the counter lasts 2^36 samples.
 const VARIANCE_UNIT: f64 = 1024.0;
 
@@ -364,11 +355,11 @@ pub(crate) fn record_alloc(site: u32, size: usize, weight_fx: u64) {
     let Some(c) = counters(site) else { return };
     let variance = super::sampler::sample_variance(size as u64, weight_fx);
     // Rounded to nearest (the variance is not negative).
-    TOTALS
+    SHARED
         .alloc_variance
         .fetch_add((variance / VARIANCE_UNIT + 0.5) as u64, Ordering::Relaxed);
     let bytes = c.alloc.add(size, weight_fx) as i64;
-    let inuse = TOTALS.inuse_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    let inuse = SHARED.inuse_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
     super::peak::on_inuse(inuse);
 }
 
@@ -376,17 +367,17 @@ pub(crate) fn record_alloc(site: u32, size: usize, weight_fx: u64) {
 pub(crate) fn record_free(site: u32, size: usize, weight_fx: u64) {
     let Some(c) = counters(site) else { return };
     let bytes = c.free.add(size, weight_fx) as i64;
-    TOTALS.inuse_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    SHARED.inuse_bytes.fetch_sub(bytes, Ordering::Relaxed);
 }
 
 /// Estimated in-use bytes of the process (sum over sites).
 pub(crate) fn inuse_bytes() -> i64 {
-    TOTALS.inuse_bytes.load(Ordering::Relaxed)
+    SHARED.inuse_bytes.load(Ordering::Relaxed)
 }
 
 /// The variance of the estimate of bytes allocated since start, bytes².
 pub(crate) fn alloc_variance() -> f64 {
-    TOTALS.alloc_variance.load(Ordering::Relaxed) as f64 * VARIANCE_UNIT
+    SHARED.alloc_variance.load(Ordering::Relaxed) as f64 * VARIANCE_UNIT
 }
 
 /// Number of site ids in use (including the overflow site).

@@ -43,6 +43,7 @@
 //! its stack bounds up, the reentrancy guard the caller holds sends that
 //! allocation to the inner allocator unsampled.
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 mod bounds;
@@ -62,8 +63,8 @@ use dwarf::capture_dwarf;
 
 /// Samples captured both ways before `auto` trusts a faster unwinder.
 pub const AUTO_CHECKS: u32 = 16;
-/// Under `auto` with a faster unwinder trusted, one sample in this many is
-/// captured both ways again.
+/// Under `auto` with a faster unwinder trusted, one sample in this many
+/// (counted per thread) is captured both ways again.
 pub const SPOT_CHECK_EVERY: u32 = 1024;
 /// Outermost frames the frame-pointer chain may lose or garble and still
 /// agree with libgcc: the C library's thread and process entry points
@@ -114,9 +115,15 @@ const TABLE_FORCED: u8 = 6;
 const DWARF: u8 = 7;
 
 static MODE: AtomicU8 = AtomicU8::new(UNSET);
-/// Samples captured under `auto`: agreements while checking, then a
-/// counter for spot checks.
+/// Agreements with libgcc under `auto` while checking.
 static AUTO_SAMPLES: AtomicU32 = AtomicU32::new(0);
+
+thread_local! {
+    /// This thread's samples since its last spot check. Per thread, not a
+    /// shared counter: an atomic add on every sample would move one cache
+    /// line between the cores of every sampling thread.
+    static SINCE_SPOT_CHECK: Cell<u32> = const { Cell::new(0) };
+}
 
 /// The unwinder in use.
 pub fn unwinder() -> Unwinder {
@@ -182,12 +189,17 @@ pub(crate) fn capture(buf: &mut [usize; MAX_DEPTH]) -> usize {
     }
 }
 
-/// Whether this trusted sample is one to compare with libgcc again.
+/// Whether this trusted sample is one to compare with libgcc again: every
+/// [`SPOT_CHECK_EVERY`]th of the thread's.
 #[inline]
 fn spot_check_due() -> bool {
-    AUTO_SAMPLES
-        .fetch_add(1, Ordering::Relaxed)
-        .is_multiple_of(SPOT_CHECK_EVERY)
+    SINCE_SPOT_CHECK
+        .try_with(|n| {
+            let due = n.get() + 1 >= SPOT_CHECK_EVERY;
+            n.set(if due { 0 } else { n.get() + 1 });
+            due
+        })
+        .unwrap_or(false)
 }
 
 /// The table walk, or libgcc where it cannot answer. Inlined, so the
