@@ -529,6 +529,41 @@ mod tests {
     }
 
     #[test]
+    fn threads_racing_for_slots_never_share_one() {
+        let _serial = serial();
+        // Each thread inserts and removes its own addresses with records
+        // naming it; a slot handed to two threads at once would show as a
+        // record read back with another thread's values.
+        let threads: usize = 4;
+        let rounds: usize = 20_000;
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                scope.spawn(move || {
+                    for i in 0..rounds {
+                        let p = page(1_000_000 + t * 1_000_000 + i % 64);
+                        let rec = Record {
+                            site: t as u32,
+                            size: i as u64,
+                            ..Record::default()
+                        };
+                        if !insert(p, rec) {
+                            continue; // a full bucket: a drop, not an error
+                        }
+                        std::hint::spin_loop();
+                        let got = remove(p).expect("inserted by this thread");
+                        assert_eq!((got.site, got.size), (t as u32, i as u64));
+                    }
+                });
+            }
+        });
+        for t in 0..threads {
+            for i in 0..64 {
+                assert!(!contains(page(1_000_000 + t * 1_000_000 + i)));
+            }
+        }
+    }
+
+    #[test]
     fn a_full_bucket_drops_and_counts() {
         let _serial = serial();
         // Find WAYS + 1 pages that hash to one bucket.
