@@ -528,6 +528,35 @@ mod tests {
         }
     }
 
+    /// Whether every page of `[start, start + len)` is mapped to memory of
+    /// this process's own (`/proc/self/pagemap` bit 56, "exclusively
+    /// mapped"): written, not merely read (a read maps the shared zero
+    /// page).
+    fn all_pages_written(start: usize, len: usize) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut pagemap = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
+        let mut entry = [0u8; 8];
+        (start / PAGE..(start + len).div_ceil(PAGE)).all(|page| {
+            pagemap
+                .seek(SeekFrom::Start(page as u64 * 8))
+                .expect("seek");
+            pagemap.read_exact(&mut entry).expect("read");
+            u64::from_le_bytes(entry) & 1 << 56 != 0
+        })
+    }
+
+    #[test]
+    fn the_first_insert_makes_every_bucket_page_resident() {
+        let _serial = serial();
+        assert!(insert(page(5), Record::default()));
+        assert!(remove(page(5)).is_some());
+        let [(start, len), _] = ranges();
+        assert!(
+            all_pages_written(start, len),
+            "a bucket page is unwritten: a sample landing there would fault"
+        );
+    }
+
     #[test]
     fn threads_racing_for_slots_never_share_one() {
         let _serial = serial();
