@@ -15,8 +15,8 @@ fn main() {
     if std::env::var_os("BENCH_VERBOSE").is_some() {
         let s = heapprof::stats();
         eprintln!(
-            "heapprof rate={} sites={} live_samples={} dropped={}",
-            s.sample_rate, s.sites, s.live_samples, s.dropped_samples
+            "heapprof rate={} sites={} live_samples={} dropped={} unwind_table_fallbacks={}",
+            s.sample_rate, s.sites, s.live_samples, s.dropped_samples, s.unwind_table_fallbacks
         );
     }
 }
