@@ -1,9 +1,10 @@
 //! The workloads every configuration runs, shared by the `[[bin]]`s via
 //! `#[path = "workload.rs"] mod workload;`.
 //!
-//! `<bin> <workload> <ops>` runs a warm-up of `ops / 10`, then `ops` timed
-//! operations, and prints `ns_per_op <f64>`. All allocations go through the
-//! binary's `#[global_allocator]`.
+//! `<bin> <workload> <ops>` runs a warm-up (`ops / 10` operations, repeated
+//! until 100 ms have passed), then `ops` timed operations, and prints
+//! `ns_per_op <f64>`. All allocations go through the binary's
+//! `#[global_allocator]`.
 //!
 //! - `small16`: one op = allocate a 16-byte box, write it, free it.
 //! - `mixed`: one op = one allocation from the service-like distribution
@@ -46,7 +47,7 @@ pub fn main() {
 }
 
 fn timed(ops: u64, f: impl Fn(u64)) -> f64 {
-    f(ops / 10);
+    warm_up(ops, &f);
     let start = Instant::now();
     f(ops);
     start.elapsed().as_nanos() as f64 / ops as f64
@@ -59,6 +60,24 @@ fn small16(ops: u64) {
         black_box(&b);
     }
 }
+
+/// The warm-up: `ops / 10` operations, repeated until [`WARM_UP`] has
+/// passed.
+fn warm_up(ops: u64, mut f: impl FnMut(u64)) {
+    let start = Instant::now();
+    loop {
+        f(ops / 10);
+        if start.elapsed() >= WARM_UP {
+            return;
+        }
+    }
+}
+
+/// The shortest warm-up: long enough that what a configuration does once
+/// per process (heapprof builds its unwind tables on a thread of its own,
+/// 3-7 ms, or longer with every vCPU busy) is over before the timed
+/// operations start.
+const WARM_UP: std::time::Duration = std::time::Duration::from_millis(100);
 
 struct Rng(u64);
 
@@ -135,7 +154,9 @@ fn mixed_threads(ops: u64, threads: u64) -> f64 {
             let barrier = &barrier;
             s.spawn(move || {
                 let mut m = Mixed::new(t + 1);
-                black_box(m.run(ops / 10));
+                warm_up(ops, |n| {
+                    black_box(m.run(n));
+                });
                 barrier.wait();
                 black_box(m.run(ops));
                 barrier.wait();
