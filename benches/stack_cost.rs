@@ -21,7 +21,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use support::{build_program, program, result_fields};
+use support::{build_program, program, result_fields, run_ok};
 
 /// Runs `sample-cost` with `HEAPPROF_UNWIND=unwind` in each build and
 /// prints the sampled path's table: p50 (p99) ns of an allocation and a
@@ -39,15 +39,9 @@ fn sample_cost(levels: &str) {
     ] {
         let bin = build_program("sample-cost", frame_pointers)
             .unwrap_or_else(|e| panic!("building sample-cost ({build}): {e}"));
-        let out = program(&bin, &[("HEAPPROF_UNWIND", unwind)])
-            .arg(levels)
-            .output()
-            .expect("run sample-cost");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "sample-cost ({build}, {unwind}) failed:\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let stdout = run_ok(
+            program(&bin, &[("HEAPPROF_UNWIND", unwind)]).arg(levels),
+            &format!("sample-cost ({build}, {unwind})"),
         );
         let results: Vec<BTreeMap<String, String>> = stdout
             .lines()
@@ -85,13 +79,7 @@ fn main() {
         if let (false, Ok(library)) = (frame_pointers, std::env::var("HEAPPROF_BENCH_DLOPEN")) {
             run.arg(library);
         }
-        let out = run.output().expect("run stack-cost");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "stack-cost ({build}) failed:\n{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = run_ok(&mut run, &format!("stack-cost ({build})"));
         for line in stdout.lines() {
             if let Some(result) = line.strip_prefix("RESULT ") {
                 rows.push((build.to_string(), result_fields(result)));

@@ -14,7 +14,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{build, cargo, program, programs_dir, result_fields, root};
+use support::{build, cargo, program, programs_dir, result_fields, root, run_ok};
 
 fn main() {
     let dir = programs_dir().join("symbolizers");
@@ -62,15 +62,9 @@ fn main() {
                 if method == "backtrace" && path != &bin {
                     continue;
                 }
-                let out = program(&bin, &[])
-                    .args([method, path.to_str().unwrap(), n])
-                    .output()
-                    .expect("run symbolize-memory");
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                assert!(
-                    out.status.success(),
-                    "symbolize-memory {method} {n} failed:\n{stdout}{}",
-                    String::from_utf8_lossy(&out.stderr)
+                let stdout = run_ok(
+                    program(&bin, &[]).args([method, path.to_str().unwrap(), n]),
+                    &format!("symbolize-memory {method} {n}"),
                 );
                 let r = result_fields(
                     stdout

@@ -191,6 +191,21 @@ pub fn program(path: &Path, env: &[(&str, &str)]) -> Command {
     c
 }
 
+/// Runs `cmd` to completion and returns its standard output; panics,
+/// with `what` and both outputs, if it could not run or failed.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 pub fn median(v: &[f64]) -> f64 {
     percentile(v, 0.5)
 }
