@@ -14,7 +14,7 @@ use core::ptr;
 use super::block::{self, Block, heapprof_sampled_block};
 use super::live_table::{self, Record};
 use super::reentrancy::Reentrancy;
-use super::site_table::{self, MAX_DEPTH};
+use super::site_table;
 use super::{clock, sampler, stack};
 use crate::labels;
 
@@ -96,9 +96,8 @@ impl<A: GlobalAlloc> Profiler<A> {
         // The live table's line for p is rarely cached: fetch it while the
         // stack is walked.
         prefetch(live_table::bucket_address(p));
-        let mut frames = [0usize; MAX_DEPTH];
-        let depth = stack::capture(&mut frames);
-        let site = site_table::intern(&frames[..depth], labels::current_id());
+        let mut frames = stack::frames();
+        let site = site_table::intern(stack::capture(&mut frames), labels::current_id());
         if zeroed && block.padded {
             // SAFETY: p is valid for the caller's size bytes (above).
             unsafe { p.write_bytes(0, layout.size()) };

@@ -3,11 +3,13 @@
 //! unwind tables, and the reference the faster unwinders (`frame_pointer`,
 //! `table_walk`) are checked against.
 
+use core::mem::MaybeUninit;
+
 /// Writes the return addresses of the current stack, innermost first,
 /// into `buf` (the first frames are inside libgcc and this function) and
-/// returns how many, at most `buf.len()`.
+/// returns how many (`buf[..n]`), at most `buf.len()`.
 #[inline(never)]
-pub(super) fn capture_dwarf(buf: &mut [usize]) -> usize {
+pub(super) fn capture_dwarf(buf: &mut [MaybeUninit<usize>]) -> usize {
     let mut n = 0;
     // SAFETY: trace_unsynchronized is unsafe only because it does not
     // serialise with other unsynchronized backtrace calls; on Linux it walks
@@ -19,7 +21,7 @@ pub(super) fn capture_dwarf(buf: &mut [usize]) -> usize {
             if ip == 0 || n == buf.len() {
                 return false;
             }
-            buf[n] = ip;
+            buf[n].write(ip);
             n += 1;
             true
         });

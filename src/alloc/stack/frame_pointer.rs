@@ -16,11 +16,13 @@
 //! the chain is also *right* is for `stack` to decide, by comparing it
 //! with the DWARF unwinder's answer.
 
+use core::mem::MaybeUninit;
+
 use super::bounds::stack_bounds;
 
 /// Writes the return addresses on the frame-pointer chain, innermost
 /// first, starting with the return into this function's caller, into
-/// `buf`, and returns how many were written.
+/// `buf`, and returns how many were written (`buf[..n]`).
 ///
 /// Returns `None` when the chain cannot be walked safely: an architecture
 /// without a known frame layout, a thread whose stack bounds are unknown,
@@ -30,7 +32,7 @@ use super::bounds::stack_bounds;
 /// `pthread_getattr_np`, which may allocate and, on the main thread, reads
 /// `/proc/self/maps`; callers hold the reentrancy guard.
 #[inline(never)]
-pub(crate) fn walk(buf: &mut [usize]) -> Option<usize> {
+pub(crate) fn walk(buf: &mut [MaybeUninit<usize>]) -> Option<usize> {
     let mut fp = frame_pointer()?;
     let (low, high) = stack_bounds()?;
     let here = &fp as *const usize as usize;
@@ -61,7 +63,7 @@ pub(crate) fn walk(buf: &mut [usize]) -> Option<usize> {
         if ret == 0 {
             break;
         }
-        buf[n] = ret;
+        buf[n].write(ret);
         n += 1;
         // The outermost frame has a null (or bogus) link; records only
         // ever move towards the top of the stack.
@@ -127,7 +129,7 @@ mod tests {
     use super::*;
 
     #[inline(never)]
-    fn nested(depth: usize, buf: &mut [usize]) -> Option<usize> {
+    fn nested(depth: usize, buf: &mut [MaybeUninit<usize>]) -> Option<usize> {
         if depth == 0 {
             walk(buf)
         } else {
@@ -139,16 +141,19 @@ mod tests {
     }
 
     fn built_with_frame_pointers() -> bool {
-        keeps_frame_pointer(nested as fn(usize, &mut [usize]) -> Option<usize> as *const u8)
+        keeps_frame_pointer(
+            nested as fn(usize, &mut [MaybeUninit<usize>]) -> Option<usize> as *const u8,
+        )
     }
 
     #[test]
     fn walks_a_deep_chain_on_this_threads_stack() {
-        let mut buf = [0usize; 64];
+        let mut buf = [MaybeUninit::uninit(); 64];
         let n = nested(20, &mut buf).expect("stack bounds of a test thread");
         if built_with_frame_pointers() {
             assert!(n > 20, "{n} frames for a 20-deep recursion");
-            assert!(buf[..n].iter().all(|&ret| ret != 0));
+            // SAFETY: walk wrote the first n entries.
+            assert!(buf[..n].iter().all(|ret| unsafe { ret.assume_init() } != 0));
         } else {
             // Functions without frame pointers are invisible to the walk.
             assert!(n < 20, "{n} frames for a recursion without frame pointers");
@@ -157,7 +162,7 @@ mod tests {
 
     #[test]
     fn stops_at_the_buffer_length() {
-        let mut buf = [0usize; 4];
+        let mut buf = [MaybeUninit::uninit(); 4];
         let n = nested(20, &mut buf).expect("stack bounds of a test thread");
         if built_with_frame_pointers() {
             assert_eq!(n, 4);

@@ -31,6 +31,8 @@ pub enum Method {
 pub fn capture(method: Method, buf: &mut [usize]) -> Result<usize, &'static str> {
     // A thread's first walk looks up its stack bounds, which may allocate.
     let _untracked = Reentrancy::enter();
+    // SAFETY: the unwinders store only return addresses through it.
+    let buf = unsafe { super::as_out(buf) };
     match method {
         Method::FramePointers => frame_pointer::walk(buf).ok_or("not walkable"),
         Method::Table => table_walk::walk(buf).map_err(Fallback::as_str),

@@ -44,6 +44,7 @@
 //! allocation to the inner allocator unsampled.
 
 use core::cell::Cell;
+use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 mod bounds;
@@ -172,10 +173,57 @@ fn mode() -> u8 {
     }
 }
 
+/// A buffer for one captured stack, left uninitialised: every unwinder
+/// writes the frames it returns before it returns their count, so the
+/// sampled path does not clear [`MAX_DEPTH`] words first (512 bytes, a
+/// libc `memset` call: 20 ns of the 180 ns a warm frame-pointer sample
+/// took, BENCHMARKS.md).
+pub(crate) type Frames = [MaybeUninit<usize>; MAX_DEPTH];
+
+/// An empty [`Frames`].
+#[inline(always)]
+pub(crate) const fn frames() -> Frames {
+    [MaybeUninit::uninit(); MAX_DEPTH]
+}
+
+/// The first `n` entries of `buf`.
+///
+/// # Safety
+/// An unwinder wrote them: each writes `buf[..n]` for the `n` it returns.
+#[inline(always)]
+unsafe fn written(buf: &[MaybeUninit<usize>], n: usize) -> &[usize] {
+    debug_assert!(n <= buf.len());
+    // SAFETY: MaybeUninit<usize> has the layout of usize, and the first n
+    // entries are initialised (the caller's contract).
+    unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<usize>(), n) }
+}
+
+/// `buf` as an unwinder's output, for callers that keep stacks in
+/// initialised buffers (`hooks`, tests).
+///
+/// # Safety
+/// Only initialised values may be stored through the result (the
+/// unwinders store return addresses), so that `buf` stays initialised.
+#[inline(always)]
+unsafe fn as_out(buf: &mut [usize]) -> &mut [MaybeUninit<usize>] {
+    // SAFETY: MaybeUninit<usize> has the layout of usize; the caller keeps
+    // every entry initialised.
+    unsafe { &mut *(core::ptr::from_mut(buf) as *mut [MaybeUninit<usize>]) }
+}
+
+/// Captures the return addresses of the current stack, innermost first,
+/// into `buf`; returns them (at most `MAX_DEPTH`).
+#[inline(always)]
+pub(crate) fn capture(buf: &mut Frames) -> &[usize] {
+    let n = capture_into(buf);
+    // SAFETY: capture_into returns how many entries its unwinder wrote.
+    unsafe { written(buf, n) }
+}
+
 /// Writes the return addresses of the current stack, innermost first, into
 /// `buf` and returns how many were written (at most `MAX_DEPTH`).
 #[inline(never)]
-pub(crate) fn capture(buf: &mut [usize; MAX_DEPTH]) -> usize {
+fn capture_into(buf: &mut Frames) -> usize {
     match mode() {
         FP_FORCED => frame_pointer::walk(buf).unwrap_or_else(|| capture_dwarf(buf)),
         FP_CHECKED if !spot_check_due() => {
@@ -206,7 +254,7 @@ fn spot_check_due() -> bool {
 /// table's first frame returns into the caller, as libgcc's stack passes
 /// through it.
 #[inline(always)]
-fn table_or_libgcc(buf: &mut [usize; MAX_DEPTH]) -> usize {
+fn table_or_libgcc(buf: &mut Frames) -> usize {
     match table_walk::walk(buf) {
         Ok(depth) => depth,
         Err(why) => {
@@ -220,8 +268,8 @@ fn table_or_libgcc(buf: &mut [usize; MAX_DEPTH]) -> usize {
 /// about (`FP_CHECKING` or `TABLE_CHECKING`) alongside, and moves `auto`
 /// on (the state table above).
 #[inline(never)]
-fn capture_checked(buf: &mut [usize; MAX_DEPTH], checking: u8) -> usize {
-    let mut fast = [0usize; MAX_DEPTH];
+fn capture_checked(buf: &mut Frames, checking: u8) -> usize {
+    let mut fast = frames();
     let walked = if checking == FP_CHECKING {
         frame_pointer::walk(&mut fast)
     } else {
@@ -230,7 +278,7 @@ fn capture_checked(buf: &mut [usize; MAX_DEPTH], checking: u8) -> usize {
             .ok()
     };
     let depth = capture_dwarf(buf);
-    let this = capture_checked as fn(&mut [usize; MAX_DEPTH], u8) -> usize as usize;
+    let this = capture_checked as fn(&mut Frames, u8) -> usize as usize;
     let returns_here = |ip: usize| enclosing_function(ip) == Some(this);
     let Some(n) = walked else {
         if checking == TABLE_CHECKING && builder::failed() {
@@ -238,7 +286,8 @@ fn capture_checked(buf: &mut [usize; MAX_DEPTH], checking: u8) -> usize {
         }
         return depth;
     };
-    let (fast, dwarf) = (&fast[..n], &buf[..depth]);
+    // SAFETY: each unwinder wrote the entries it counted.
+    let (fast, dwarf) = unsafe { (written(&fast, n), written(buf, depth)) };
     let agreed = if checking == FP_CHECKING {
         agree(fast, dwarf, returns_here)
     } else {

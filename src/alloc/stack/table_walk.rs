@@ -26,6 +26,8 @@
 //! `rbp`, and the interrupted `rip` is reported as a frame, as libgcc
 //! reports it.
 
+use core::mem::MaybeUninit;
+
 use super::bounds::stack_bounds;
 use super::table::{Kind, Rule, Tables};
 use super::{builder, rule_cache};
@@ -111,10 +113,10 @@ pub(super) const SUPPORTED: bool = cfg!(target_arch = "x86_64");
 
 /// Writes the return addresses of the current stack, innermost first,
 /// starting with the return into this function's caller, into `buf`;
-/// returns how many (at most `buf.len()`, the rest of a deeper stack is
-/// cut off), or why the table cannot.
+/// returns how many (`buf[..n]`; at most `buf.len()`, the rest of a deeper
+/// stack is cut off), or why the table cannot.
 #[inline(never)]
-pub(super) fn walk(buf: &mut [usize]) -> Result<usize, Fallback> {
+pub(super) fn walk(buf: &mut [MaybeUninit<usize>]) -> Result<usize, Fallback> {
     let regs = Registers::here().ok_or(Fallback::NotBuilt)?;
     walk_from::<true>(regs, buf)
 }
@@ -122,14 +124,17 @@ pub(super) fn walk(buf: &mut [usize]) -> Result<usize, Fallback> {
 /// [`walk`] without the rule cache: every frame is a table lookup (what
 /// a stack costs when none of its addresses is cached).
 #[inline(never)]
-pub(super) fn walk_uncached(buf: &mut [usize]) -> Result<usize, Fallback> {
+pub(super) fn walk_uncached(buf: &mut [MaybeUninit<usize>]) -> Result<usize, Fallback> {
     let regs = Registers::here().ok_or(Fallback::NotBuilt)?;
     walk_from::<false>(regs, buf)
 }
 
 /// The walk from registers taken in the caller's frame, which is live.
 #[inline(always)]
-fn walk_from<const CACHED: bool>(regs: Registers, buf: &mut [usize]) -> Result<usize, Fallback> {
+fn walk_from<const CACHED: bool>(
+    regs: Registers,
+    buf: &mut [MaybeUninit<usize>],
+) -> Result<usize, Fallback> {
     let (low, high) = stack_bounds().ok_or(Fallback::ForeignStack)?;
     let (low, high) = (low as u64, high as u64);
     if !(low..high).contains(&regs.sp) {
@@ -147,7 +152,7 @@ pub(super) fn unwind<const CACHED: bool>(
     regs: Registers,
     low: u64,
     high: u64,
-    buf: &mut [usize],
+    buf: &mut [MaybeUninit<usize>],
 ) -> Result<usize, Fallback> {
     let read = |addr: u64| -> Result<u64, Fallback> {
         if addr < low || addr.checked_add(8).is_none_or(|end| end > high) || !addr.is_multiple_of(8)
@@ -184,7 +189,7 @@ pub(super) fn unwind<const CACHED: bool>(
                 let Some(slot) = buf.get_mut(n) else {
                     return Ok(n);
                 };
-                *slot = ip as usize;
+                slot.write(ip as usize);
                 n += 1;
                 (lookup, sp, bp) = (ip, next_sp, next_bp);
                 continue;
@@ -203,7 +208,7 @@ pub(super) fn unwind<const CACHED: bool>(
         let Some(slot) = buf.get_mut(n) else {
             return Ok(n);
         };
-        *slot = ra as usize;
+        slot.write(ra as usize);
         n += 1;
         (lookup, sp) = (ra - 1, cfa);
     }

@@ -43,8 +43,10 @@ fn dwarf_and_frame_pointers_agree_exactly_when_frame_pointers_are_kept() {
     let kept = frame_pointer::keeps_frame_pointer(this as *const u8);
     let mut walked = [0usize; MAX_DEPTH];
     let mut buf = [0usize; MAX_DEPTH];
-    let n = frame_pointer::walk(&mut walked).expect("walkable stack");
-    let depth = capture_dwarf(&mut buf);
+    // SAFETY: the unwinder stores only return addresses.
+    let n = frame_pointer::walk(unsafe { as_out(&mut walked) }).expect("walkable stack");
+    // SAFETY: as above.
+    let depth = capture_dwarf(unsafe { as_out(&mut buf) });
     let here = this as usize;
     assert_eq!(
         agree(&walked[..n], &buf[..depth], |ip| enclosing_function(ip)
@@ -92,8 +94,10 @@ fn both(
     table: &mut [usize; MAX_DEPTH],
     dwarf: &mut [usize; MAX_DEPTH],
 ) -> (Result<usize, Fallback>, usize) {
-    let walked = table_walk::walk(table);
-    let depth = capture_dwarf(dwarf);
+    // SAFETY: the unwinder stores only return addresses.
+    let walked = table_walk::walk(unsafe { as_out(table) });
+    // SAFETY: as above.
+    let depth = capture_dwarf(unsafe { as_out(dwarf) });
     (walked, depth)
 }
 
@@ -276,7 +280,8 @@ static ALTSTACK_FALLBACK: AtomicU8 = AtomicU8::new(u8::MAX);
 
 extern "C" fn walk_on_altstack(_: libc::c_int) {
     let mut buf = [0; MAX_DEPTH];
-    let why = table_walk::walk(&mut buf)
+    // SAFETY: the unwinder stores only return addresses.
+    let why = table_walk::walk(unsafe { as_out(&mut buf) })
         .err()
         .map_or(0, |why| why as u8 + 1);
     ALTSTACK_FALLBACK.store(why, Ordering::Relaxed);
@@ -350,10 +355,12 @@ fn walks_from_garbage_registers_end_without_reading_outside_the_stack() {
             bp: if i % 8 == 0 { next() } else { in_stack(next()) },
         };
         let sp = regs.sp;
+        // SAFETY: the unwinder stores only return addresses.
+        let buf = unsafe { as_out(&mut buf) };
         let end = if i % 2 == 0 {
-            table_walk::unwind::<false>(tables, regs, sp, high, &mut buf)
+            table_walk::unwind::<false>(tables, regs, sp, high, buf)
         } else {
-            table_walk::unwind::<true>(tables, regs, sp, high, &mut buf)
+            table_walk::unwind::<true>(tables, regs, sp, high, buf)
         };
         ends[end.map_or_else(|why| why as usize + 1, |_| 0)] += 1;
     }
