@@ -1,7 +1,7 @@
 //! `Profiler<A>`: the `GlobalAlloc` wrapper.
 //!
 //! The unsampled path of every method is inlined and does, beyond the inner
-//! allocator's call, one thread-local subtract (`sampler::should_sample`) and,
+//! allocator's call, one thread-local subtract (`sampler::crossed`) and,
 //! on free, one test of the pointer's offset in its page (`block::is_tagged`).
 //! Everything the
 //! sampled path does (stack capture, site lookup, bookkeeping) runs under the
@@ -161,6 +161,55 @@ impl<A: GlobalAlloc> Profiler<A> {
         }
     }
 
+    /// An allocation that reached the thread's sample point
+    /// (`sampler::crossed`): sampled, or allocated plainly if the sampler
+    /// says no. Out of line, like everything past the point, so that the
+    /// unsampled path makes no call but the inner allocator's (and its
+    /// callers save no registers).
+    #[cold]
+    #[inline(never)]
+    fn alloc_crossed(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let rate = sampler::on_crossing(layout.size());
+        if rate != 0 {
+            return self.alloc_sampled(layout, zeroed, rate);
+        }
+        // SAFETY: the caller's layout, forwarded unchanged.
+        unsafe {
+            if zeroed {
+                self.inner.alloc_zeroed(layout)
+            } else {
+                self.inner.alloc(layout)
+            }
+        }
+    }
+
+    /// `realloc` of a pointer where a sampled one of its layout would be,
+    /// or one whose new size reached the sample point: out of line, so
+    /// that neither the sampler's decision nor the live-table probe costs
+    /// the unsampled `realloc` a register save (BENCHMARKS.md, "Overhead
+    /// per program").
+    #[inline(never)]
+    fn realloc_other(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        crossed: bool,
+    ) -> *mut u8 {
+        let rate = if crossed {
+            sampler::on_crossing(new_size)
+        } else {
+            0
+        };
+        if rate == 0 && !(block::is_tagged(ptr, layout) && live_table::is_live(ptr)) {
+            // SAFETY: not in the live table, so never sampled (or no
+            // longer, which only its owner, the caller, could cause):
+            // inner allocated it with layout.
+            return unsafe { self.inner.realloc(ptr, layout, new_size) };
+        }
+        self.realloc_slow(ptr, layout, new_size, rate)
+    }
+
     /// `realloc` when the old block is sampled or the new one will be:
     /// allocate, copy, free.
     #[cold]
@@ -197,9 +246,8 @@ impl<A: GlobalAlloc> Profiler<A> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let rate = sampler::should_sample(layout.size());
-        if rate != 0 {
-            return self.alloc_sampled(layout, false, rate);
+        if sampler::crossed(layout.size()) {
+            return self.alloc_crossed(layout, false);
         }
         // SAFETY: forwarded unchanged under the caller's contract.
         unsafe { self.inner.alloc(layout) }
@@ -207,9 +255,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let rate = sampler::should_sample(layout.size());
-        if rate != 0 {
-            return self.alloc_sampled(layout, true, rate);
+        if sampler::crossed(layout.size()) {
+            return self.alloc_crossed(layout, true);
         }
         // SAFETY: forwarded unchanged under the caller's contract.
         unsafe { self.inner.alloc_zeroed(layout) }
@@ -227,11 +274,12 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Profiler<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let rate = sampler::should_sample(new_size);
-        if rate == 0 && !(block::is_tagged(ptr, layout) && live_table::is_live(ptr)) {
-            // SAFETY: ptr is not sampled, so inner allocated it with layout.
+        let crossed = sampler::crossed(new_size);
+        if !crossed && !block::is_tagged(ptr, layout) {
+            // SAFETY: not where a sampled pointer is, so never sampled:
+            // inner allocated it with layout.
             return unsafe { self.inner.realloc(ptr, layout, new_size) };
         }
-        self.realloc_slow(ptr, layout, new_size, rate)
+        self.realloc_other(ptr, layout, new_size, crossed)
     }
 }

@@ -58,23 +58,34 @@ thread_local! {
 /// Decides whether an allocation of `size` bytes is sampled.
 ///
 /// Returns the sample rate the decision was made with, or 0 for "not
-/// sampled". The common case is a subtract and a branch.
+/// sampled": [`crossed`], then [`on_crossing`] if it was.
+#[cfg(test)]
+fn should_sample(size: usize) -> u64 {
+    if crossed(size) { on_crossing(size) } else { 0 }
+}
+
+/// Counts an allocation of `size` bytes against the thread's gap to its
+/// next sample point; returns whether it reached the point, in which case
+/// the caller must ask [`on_crossing`]. A subtract and a branch: the
+/// whole unsampled path, which `Profiler` keeps free of calls, so that
+/// its callers save no registers for it.
 #[inline(always)]
-pub(crate) fn should_sample(size: usize) -> u64 {
-    let crossed = SAMPLER
+pub(crate) fn crossed(size: usize) -> bool {
+    SAMPLER
         .try_with(|s| {
             let left = s.bytes_until_sample.get().wrapping_sub(size as i64);
             s.bytes_until_sample.set(left);
             left <= 0
         })
-        .unwrap_or(false);
-    if crossed { on_crossing(size) } else { 0 }
+        .unwrap_or(false)
 }
 
-/// The slow path, at a sample point (or on a thread's first allocation).
+/// The slow path, at a sample point (or on a thread's first allocation):
+/// returns the sample rate if the allocation of `size` bytes that
+/// [`crossed`] is sampled, else 0.
 #[cold]
 #[inline(never)]
-fn on_crossing(size: usize) -> u64 {
+pub(crate) fn on_crossing(size: usize) -> u64 {
     if Reentrancy::is_active() {
         // The profiler's own allocation: never sampled. The counter stays
         // crossed, so the next allocation of the user's code is sampled.
