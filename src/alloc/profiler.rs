@@ -61,22 +61,11 @@ impl<A: GlobalAlloc> Profiler<A> {
     #[cold]
     #[inline(never)]
     fn alloc_sampled(&self, layout: Layout, zeroed: bool, rate: u64) -> *mut u8 {
-        let plain = |inner: &A| {
-            // SAFETY: the caller's layout has non-zero size (GlobalAlloc
-            // contract), forwarded unchanged.
-            unsafe {
-                if zeroed {
-                    inner.alloc_zeroed(layout)
-                } else {
-                    inner.alloc(layout)
-                }
-            }
-        };
         let Some(_guard) = Reentrancy::enter() else {
-            return plain(&self.inner);
+            return self.alloc_plain(layout, zeroed);
         };
         let Some(block) = Block::for_layout(layout) else {
-            return plain(&self.inner);
+            return self.alloc_plain(layout, zeroed);
         };
         // SAFETY: block.inner has a non-zero size (at least the caller's)
         // and a valid alignment (Block::for_layout).
@@ -115,7 +104,7 @@ impl<A: GlobalAlloc> Profiler<A> {
             // No room to remember it: give the block back, allocate plainly.
             // SAFETY: inner was just allocated with block.inner.
             unsafe { self.inner.dealloc(inner, block.inner) };
-            return plain(&self.inner);
+            return self.alloc_plain(layout, zeroed);
         }
         site_table::record_alloc(site, layout.size(), weight_fx);
         if block.padded {
@@ -173,7 +162,14 @@ impl<A: GlobalAlloc> Profiler<A> {
         if rate != 0 {
             return self.alloc_sampled(layout, zeroed, rate);
         }
-        // SAFETY: the caller's layout, forwarded unchanged.
+        self.alloc_plain(layout, zeroed)
+    }
+
+    /// `layout` from the inner allocator, unsampled (zeroed if asked).
+    #[inline]
+    fn alloc_plain(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: the caller's layout has non-zero size (GlobalAlloc
+        // contract), forwarded unchanged.
         unsafe {
             if zeroed {
                 self.inner.alloc_zeroed(layout)
