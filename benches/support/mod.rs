@@ -233,3 +233,26 @@ pub fn result_fields(line: &str) -> std::collections::BTreeMap<String, String> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
+
+/// Builds `bins` of the programs crate with every function aligned to
+/// `2^align_log2` bytes (LLVM's `-align-all-functions`), with or without
+/// frame pointers, into a directory of its own, and returns the directory
+/// the programs are in. Aligning every function moves the code of the
+/// workload, the wrapper and the allocator relative to each other: one
+/// more code placement of the same source.
+pub fn build_placed(
+    align_log2: u32,
+    frame_pointers: bool,
+    bins: &[&str],
+) -> Result<PathBuf, String> {
+    let (name, flags) = if frame_pointers {
+        ("fp", FRAME_POINTERS)
+    } else {
+        ("plain", NO_FRAME_POINTERS)
+    };
+    let dir = programs_dir().join(format!("{name}-align{align_log2}"));
+    let rustflags = format!("{flags} -C llvm-args=-align-all-functions={align_log2}");
+    let args: Vec<&str> = bins.iter().flat_map(|b| ["--bin", b]).collect();
+    build(&dir, &args, rustflags.trim(), &[])?;
+    Ok(dir.join("release"))
+}

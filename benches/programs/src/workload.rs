@@ -15,7 +15,9 @@
 //!   Sizes: 50% 16-128 B, 30% 128 B-1 KiB, 14% 1-8 KiB, 5% 8-32 KiB,
 //!   1% 32-64 KiB, uniform inside each band; mean ~2.4 KiB.
 //! - `mixed-2t`: `mixed` on 2 threads at once, each doing `ops` ops; the
-//!   figure is wall time / `ops` (one thread's op latency under contention).
+//!   figure is wall time / `ops` (one thread's op latency under contention),
+//!   and it also prints `cpu_ns_per_op <f64>`: the threads' CPU time per op,
+//!   which a thread preempted by another process does not inflate.
 //! - `realloc`: one op = grow a `Vec<u8>` from empty to a uniform
 //!   64 B-16 KiB by `extend_from_slice` of 64-byte chunks (doubling growth:
 //!   ~6-11 reallocs per op), then drop it.
@@ -36,7 +38,11 @@ pub fn main() {
         "mixed" => timed(ops, |n| {
             black_box(Mixed::new(1).run(n));
         }),
-        "mixed-2t" => mixed_threads(ops, 2),
+        "mixed-2t" => {
+            let (wall, cpu) = mixed_threads(ops, 2);
+            println!("cpu_ns_per_op {cpu:.3}");
+            wall
+        }
         "realloc" => timed(ops, realloc),
         w => {
             eprintln!("unknown workload {w}");
@@ -147,26 +153,55 @@ impl Mixed {
     }
 }
 
-fn mixed_threads(ops: u64, threads: u64) -> f64 {
-    let barrier = std::sync::Barrier::new(threads as usize + 1);
-    std::thread::scope(|s| {
-        for t in 0..threads {
-            let barrier = &barrier;
-            s.spawn(move || {
-                let mut m = Mixed::new(t + 1);
-                warm_up(ops, |n| {
-                    black_box(m.run(n));
-                });
-                barrier.wait();
-                black_box(m.run(ops));
-                barrier.wait();
-            });
-        }
-        barrier.wait();
-        let start = Instant::now();
-        barrier.wait();
-        start.elapsed().as_nanos() as f64 / ops as f64
-    })
+/// `mixed` on `threads` threads: wall time per op (from the first thread's
+/// start to the last one's end: one thread's op latency under contention)
+/// and the threads' CPU time per op (their mean).
+///
+/// Each worker reads the clocks itself. A coordinating thread that timed
+/// the run between two barriers would be a third runnable thread on a
+/// 2-vCPU machine: woken by the barrier that starts the run, it can wait a
+/// whole time slice for a CPU and then read a start time that is too late,
+/// which made single runs up to 2x too fast.
+fn mixed_threads(ops: u64, threads: u64) -> (f64, f64) {
+    let barrier = std::sync::Barrier::new(threads as usize);
+    let runs: Vec<(Instant, Instant, u64)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut m = Mixed::new(t + 1);
+                    warm_up(ops, |n| {
+                        black_box(m.run(n));
+                    });
+                    barrier.wait();
+                    let (start, cpu) = (Instant::now(), thread_cpu_ns());
+                    black_box(m.run(ops));
+                    (start, Instant::now(), thread_cpu_ns() - cpu)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let start = runs.iter().map(|r| r.0).min().expect("at least one thread");
+    let end = runs.iter().map(|r| r.1).max().expect("at least one thread");
+    let cpu: u64 = runs.iter().map(|r| r.2).sum();
+    (
+        (end - start).as_nanos() as f64 / ops as f64,
+        cpu as f64 / (ops * threads) as f64,
+    )
+}
+
+/// The calling thread's CPU time, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant
+    // the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn realloc(ops: u64) {
