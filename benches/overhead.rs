@@ -349,8 +349,16 @@ fn main() {
             let placed: Vec<usize> = (0..configs.len())
                 .filter(|&c| std::ptr::eq(configs[c].template, template))
                 .collect();
-            if let Some(e) = placed.iter().find_map(|&c| errors[c].as_ref()) {
-                println!("  {:<30} unavailable: {e}", template.name);
+            // A configuration without its baselines has no ratio either.
+            let failed = placed.iter().find_map(|&c| {
+                let (plain, own) = baselines[c];
+                [Some(c), Some(plain), own]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|i| errors[i].as_ref().map(|e| (configs[i].template.name, e)))
+            });
+            if let Some((which, e)) = failed {
+                println!("  {:<30} unavailable: {which}: {e}", template.name);
                 continue;
             }
             let mean = |f: &dyn Fn(usize) -> f64| geometric_mean(placed.iter().map(|&c| f(c)));
