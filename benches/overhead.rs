@@ -26,7 +26,7 @@
 //! machines (BENCHMARKS.md, "Averaged over code placements"): a change
 //! anywhere shifts the workload's loop and the allocator relative to cache
 //! lines and branch-predictor slots. With `HEAPPROF_BENCH_PLACEMENTS=N` the
-//! programs without and with frame pointers are also built with every
+//! programs without and with frame pointers are also built with every Rust
 //! function aligned to 32, 64 and 128 bytes (the first N-1 of those), all
 //! placements run interleaved in every round, each ratio is taken against
 //! the same placement's baseline, and the tables give the geometric mean

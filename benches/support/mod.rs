@@ -234,12 +234,12 @@ pub fn result_fields(line: &str) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
-/// Builds `bins` of the programs crate with every function aligned to
-/// `2^align_log2` bytes (LLVM's `-align-all-functions`), with or without
-/// frame pointers, into a directory of its own, and returns the directory
-/// the programs are in. Aligning every function moves the code of the
-/// workload, the wrapper and the allocator relative to each other: one
-/// more code placement of the same source.
+/// Builds `bins` of the programs crate with every Rust function aligned to
+/// `2^align_log2` bytes (LLVM's `-align-all-functions`; jemalloc's C code
+/// keeps its own), with or without frame pointers, into a directory of its
+/// own, and returns the directory the programs are in. Aligning every
+/// function moves the workload's code and the wrapper's relative to cache
+/// lines and to each other: one more code placement of the same source.
 pub fn build_placed(
     align_log2: u32,
     frame_pointers: bool,
