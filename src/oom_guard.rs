@@ -17,11 +17,14 @@
 //! Near the limit, building a profile must not be what tips the process
 //! over, nor be too slow to finish before the kill. Starting the guard
 //! costs nothing but its thread; the watcher reads memory every interval
-//! and dumps. A dump is admitted like any profile build
-//! ([`crate::admit`]): symbolized when the memory left allows it (the
-//! symbolizer's memory is bounded and proportional to the profile),
-//! unsymbolized when only that fits, skipped (with a line on stderr) when
-//! nothing does. The guard also reserves
+//! and dumps: first both profiles unsymbolized (milliseconds: no debug
+//! info is read), then each again with names, replacing the first file,
+//! so that a kill that comes while names are being resolved still leaves
+//! a whole profile (`heapprof pprof-heap` names it later). Each build is
+//! admitted like any ([`crate::admit`]): the symbolized pass runs only
+//! when the memory left allows it (the symbolizer's memory is bounded and
+//! proportional to the profile), and a dump is skipped (with a line on
+//! stderr) when not even the unsymbolized form fits. The guard also reserves
 //! [`OomGuardConfig::reserve_bytes`] of touched memory and frees that
 //! reserve right before dumping, so the dump's allocations reuse pages
 //! already charged to the cgroup, and takes it back once memory is below
@@ -272,10 +275,16 @@ fn watch(config: OomGuardConfig, source: Source, limit: u64, stop: &AtomicBool) 
 }
 
 /// Writes the current and peak profiles for threshold `t`, then prunes.
-/// Each is admitted like any build (`admit`), counting the `freed` bytes
-/// of the reserve the dump reuses: symbolized if the memory left allows,
-/// else unsymbolized (named later with `heapprof pprof-heap`), else not
-/// written.
+///
+/// In two passes, because memory may still be rising and the kill can come
+/// at any moment: first both profiles unsymbolized (addresses and
+/// mappings, no debug info read: milliseconds), then, where memory allows
+/// a symbolized build, each is built again with names and replaces its
+/// unsymbolized file (written atomically, so a kill during the second pass
+/// leaves the first pass's file whole; `heapprof pprof-heap` names it
+/// later). Each build is admitted like any (`admit`), counting the `freed`
+/// bytes of the reserve the dump reuses; one that does not fit is not
+/// written, with a line on stderr.
 fn dump(config: &OomGuardConfig, t: f64, freed: u64) {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -287,14 +296,28 @@ fn dump(config: &OomGuardConfig, t: f64, freed: u64) {
         ("current", Some(crate::snapshot())),
         ("peak", crate::peak_snapshot()),
     ];
+    let snapshots = snapshots
+        .iter()
+        .filter_map(|(kind, snapshot)| Some((*kind, snapshot.as_ref()?)));
+    let mut written = Vec::new();
     for (kind, snapshot) in snapshots {
-        let Some(snapshot) = snapshot else { continue };
         match crate::profile::admit_within(crate::BuildKind::Heap, freed) {
-            Ok(admission) => {
-                let options = crate::PprofOptions::new().symbolize(admission.symbolize());
-                write(config, &name(kind), &snapshot.to_pprof_with(&options));
+            Ok(_admission) => {
+                let options = crate::PprofOptions::new().symbolize(false);
+                if write(config, &name(kind), &snapshot.to_pprof_with(&options)) {
+                    written.push((kind, snapshot));
+                }
             }
             Err(e) => eprintln!("heapprof oom_guard: no {kind} dump at {pct}%: {e}"),
+        }
+    }
+    for (kind, snapshot) in written {
+        let Ok(admission) = crate::profile::admit_within(crate::BuildKind::Heap, freed) else {
+            continue;
+        };
+        if admission.symbolize() {
+            let options = crate::PprofOptions::new().symbolize(true);
+            write(config, &name(kind), &snapshot.to_pprof_with(&options));
         }
     }
     prune(&config.dir, config.keep);
@@ -302,9 +325,14 @@ fn dump(config: &OomGuardConfig, t: f64, freed: u64) {
 
 /// Writes a dump privately and atomically (`sys::files`). Errors are
 /// reported on stderr: there is no caller to return to.
-fn write(config: &OomGuardConfig, name: &str, bytes: &[u8]) {
-    if let Err(e) = files::write_atomically(&config.dir, name, bytes) {
-        eprintln!("heapprof oom_guard: cannot write a dump: {e}");
+/// Whether it was written.
+fn write(config: &OomGuardConfig, name: &str, bytes: &[u8]) -> bool {
+    match files::write_atomically(&config.dir, name, bytes) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("heapprof oom_guard: cannot write a dump: {e}");
+            false
+        }
     }
 }
 

@@ -54,9 +54,10 @@ pub const RESIDENT_SPACE: &str = "resident_space";
 pub const SITE_TABLE_FULL: &str = "[heapprof: site table full]";
 const UNKNOWN_STACK: &str = "[heapprof: unknown stack]";
 /// The comment of an unsymbolized profile: why, and how to get names.
-const UNSYMBOLIZED_NOTE: &str = "heapprof: unsymbolized (the process had too little memory \
-     left to name addresses in process); name it with `heapprof pprof-heap FILE -o NAMED`, \
-     which finds the binary by build ID (or `--binary PATH`)";
+const UNSYMBOLIZED_NOTE: &str = "heapprof: unsymbolized (addresses were not named in process: \
+     too little memory was left, or, for an OOM guard's dump, the process ended before its \
+     named copy was written); name it with `heapprof pprof-heap FILE -o NAMED`, which finds \
+     the binary by build ID (or `--binary PATH`)";
 
 /// Gzipped, encoded profile. `resolved` names the snapshot's addresses,
 /// unless `options` say the profile is unsymbolized. (An empty `resolved`

@@ -15,18 +15,36 @@ use pprof::protos::{Message, Profile};
 /// Path of an example binary built by this `cargo test` run
 /// (target/<profile>/examples/<name>).
 pub fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join("examples").join(name);
+    let path = example_dir().join(name);
     assert!(
         path.exists(),
         "example binary {} is missing: run the tests with `cargo test` (which builds examples) or `cargo build --examples`",
         path.display()
     );
     path
+}
+
+/// Path of the `heapprof` command built by this `cargo test --workspace`
+/// run (target/<profile>/heapprof).
+pub fn cli() -> PathBuf {
+    let examples = example_dir();
+    let path = examples.parent().expect("target dir").join("heapprof");
+    assert!(
+        path.exists(),
+        "the heapprof command {} is missing: run the tests with `cargo test --workspace` \
+         (which builds it) or `cargo build -p heapprof-cli`",
+        path.display()
+    );
+    path
+}
+
+/// target/<profile>/examples of this `cargo test` run.
+fn example_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .join("examples")
 }
 
 /// Runs the quickstart example with `env` and `args`; returns the `truth`
