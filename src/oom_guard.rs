@@ -323,9 +323,8 @@ fn dump(config: &OomGuardConfig, t: f64, freed: u64) {
     prune(&config.dir, config.keep);
 }
 
-/// Writes a dump privately and atomically (`sys::files`). Errors are
-/// reported on stderr: there is no caller to return to.
-/// Whether it was written.
+/// Writes a dump privately and atomically (`sys::files`); whether it was
+/// written. Errors go to stderr, the guard's only place to report them.
 fn write(config: &OomGuardConfig, name: &str, bytes: &[u8]) -> bool {
     match files::write_atomically(&config.dir, name, bytes) {
         Ok(_) => true,
