@@ -27,7 +27,8 @@ fn estimate(e: &Estimate) -> String {
 fn verdict_legend(tolerance: Option<f64>) -> String {
     format!(
         "verdicts: checks of the profiler allow {SAMPLING_Z} standard errors of its estimate \
-         (from the samples behind it, at least one sample rate) plus --tolerance{}; \
+         (from the samples behind it, widened for an estimate below the truth, at least one \
+         sample rate) plus --tolerance{}; \
          \"not enough samples to judge\" means the standard error is above {:.0}% of what is \
          measured (a short window or a small heap for the rate), not that anything is wrong; \
          only \"disagrees\" and a false claim fail verify (exit status 1)",

@@ -9,7 +9,9 @@
 //! samples, and a right estimate misses the truth by about one standard
 //! error. Its standard error comes from the samples behind it
 //! (`heapprof::sampling::Estimate`, where the variance of byte sampling at
-//! the rate is derived), never less than the rate itself (the error of one
+//! the rate is derived), widened when the estimate came out below the
+//! truth (a low draw also under-reports its own variance; see
+//! `low_draw_scale`), never less than the rate itself (the error of one
 //! small sample: an estimate of few samples can have missed some), and
 //! [`SAMPLING_Z`] of them are allowed:
 //!
@@ -103,6 +105,30 @@ fn diff_pct(expected: f64, observed: f64) -> f64 {
     }
 }
 
+/// How much to widen an estimate's own standard error for a check against
+/// `expected`: `√(expected / observed)` when the estimate came out low,
+/// else 1.
+///
+/// The estimate's variance is a sum over the samples it drew, so an
+/// estimate that drew fewer samples than usual also reports a smaller
+/// variance, and a low outcome of a right profiler looks more significant
+/// than it is. Under what the check tests (the profiler is right and the
+/// truth is `expected`) the variance grows with the bytes there were to
+/// sample: scaled by `expected / observed` it is exact for blocks of one
+/// size (`N·y²·(1-p)/p` for `N` blocks of `y` bytes, whatever number were
+/// drawn). It is never narrowed, so a right profiler is no more likely to
+/// fail than the 3 in 1000 of the module docs. Measured: a window of
+/// eight 1 MiB allocations at 512 KiB drew 4 samples instead of about 7
+/// (1.5% of windows) and was flagged 43% low against a 41% tolerance;
+/// rescaled, the tolerance is 52%.
+fn low_draw_scale(expected: f64, observed: f64) -> f64 {
+    if observed > 0.0 && expected > observed {
+        (expected / observed).sqrt()
+    } else {
+        1.0
+    }
+}
+
 impl Check {
     /// Compares two exact measurements: `observed` with `expected` within
     /// `tolerance_pct`.
@@ -166,7 +192,7 @@ impl Check {
         tolerance_pct: f64,
     ) -> Self {
         let observed = estimate.bytes;
-        let se = estimate.standard_error().max(rate as f64);
+        let se = (estimate.standard_error() * low_draw_scale(expected, observed)).max(rate as f64);
         let rse = if expected == 0.0 {
             f64::INFINITY
         } else {
@@ -299,18 +325,45 @@ mod tests {
 
     #[test]
     fn the_sampling_error_widens_the_tolerance() {
-        // 100 small samples: 10% standard error, 30% allowed + 10%.
+        // 100 small samples: 10% standard error, widened by √1.35 for an
+        // estimate that came out low: 3 × 8.6% allowed + 10%.
         let e = small_samples(100);
         let c = Check::sampled("w", "", e.bytes * 1.35, &e, RATE, 10.0);
         assert_eq!(c.status, Status::Agrees, "{}", c.verdict);
         let s = c.sampling.as_ref().unwrap();
         assert!(
-            (s.relative_standard_error_pct - 100.0 / 13.5).abs() < 0.1,
+            (s.relative_standard_error_pct - 100.0 / 13.5 * 1.35f64.sqrt()).abs() < 0.1,
             "{s:?}"
         );
         let c = Check::sampled("w", "", e.bytes * 2.0, &e, RATE, 10.0);
         assert_eq!(c.status, Status::Disagrees, "{}", c.verdict);
         assert!(!c.ok);
+    }
+
+    #[test]
+    fn a_low_draw_of_a_right_profiler_is_not_a_failure() {
+        // CI, stealth_leak: eight 1 MiB allocations in the window (8.12
+        // MiB with the rest), of which the profiler sampled 4, each
+        // weighted 1/(1 - e^-2).
+        let w = 1.0 / (1.0 - (-2f64).exp());
+        let mut e = Estimate::default();
+        for _ in 0..4 {
+            e.add(MIB as u64, w);
+        }
+        let c = Check::sampled("window_alloc", "", 8_516_352.0, &e, RATE, 10.0);
+        assert_eq!(c.status, Status::Agrees, "{}", c.verdict);
+        // A profiler that lost nine tenths of the bytes still fails.
+        let mut e = Estimate::default();
+        e.add(MIB as u64, w);
+        e.add(MIB as u64, w);
+        let c = Check::sampled("window_alloc", "", 10.0 * 8_516_352.0, &e, RATE, 10.0);
+        assert_eq!(c.status, Status::Disagrees, "{}", c.verdict);
+        let many = small_samples(400);
+        let c = Check::sampled("w", "", many.bytes * 4.0, &many, RATE, 10.0);
+        assert_eq!(c.status, Status::Disagrees, "{}", c.verdict);
+        // A high draw keeps its own error: the scale only ever widens.
+        let c = Check::sampled("w", "", many.bytes / 1.5, &many, RATE, 10.0);
+        assert_eq!(c.status, Status::Disagrees, "{}", c.verdict);
     }
 
     #[test]
