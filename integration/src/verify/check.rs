@@ -366,6 +366,80 @@ mod tests {
         assert_eq!(c.status, Status::Disagrees, "{}", c.verdict);
     }
 
+    /// xorshift64*: a fixed stream of uniforms in [0, 1).
+    struct Uniforms(u64);
+
+    impl Uniforms {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// Of `trials` windows of `blocks` sampled the way the profiler samples
+    /// (each block of `s` bytes with probability `1 - e^(-s/rate)`,
+    /// weighted by its inverse), the fraction a check at the default
+    /// `--tolerance` calls "disagrees" against the exact truth.
+    fn false_failures(blocks: &[u64], trials: u32, seed: u64) -> f64 {
+        let truth: u64 = blocks.iter().sum();
+        let mut u = Uniforms(seed);
+        let mut failed = 0;
+        for _ in 0..trials {
+            let mut e = Estimate::default();
+            for &b in blocks {
+                let p = 1.0 - (-(b as f64) / RATE as f64).exp();
+                if u.next() < p {
+                    e.add(b, 1.0 / p);
+                }
+            }
+            let c = Check::sampled("w", "", truth as f64, &e, RATE, 10.0);
+            failed += u32::from(c.status == Status::Disagrees);
+        }
+        f64::from(failed) / f64::from(trials)
+    }
+
+    #[test]
+    fn a_right_profiler_rarely_fails_a_check() {
+        // The promise of the module docs, 3 in 1000 at 3 standard errors
+        // (plus --tolerance's 10%), checked on windows that sample the
+        // truth: few large blocks (stealth_leak's window, where a low
+        // draw was flagged 1.5% of the time), blocks near the rate, many
+        // small ones, and a service-like mix.
+        let mixed: Vec<u64> = {
+            let mut u = Uniforms(7);
+            (0..20_000)
+                .map(|_| {
+                    let (lo, hi) = match (u.next() * 100.0) as u32 {
+                        0..50 => (16.0, 128.0),
+                        50..80 => (128.0, 1024.0),
+                        80..94 => (1024.0, 8192.0),
+                        94..99 => (8192.0, 32768.0),
+                        _ => (32768.0, 65536.0),
+                    };
+                    (lo + u.next() * (hi - lo)) as u64
+                })
+                .collect()
+        };
+        let windows: [(&str, Vec<u64>); 5] = [
+            ("8 x 1 MiB", vec![1 << 20; 8]),
+            ("24 x 1 MiB", vec![1 << 20; 24]),
+            ("40 x 512 KiB", vec![512 << 10; 40]),
+            ("40000 x 4 KiB", vec![4 << 10; 40_000]),
+            ("service mix", mixed),
+        ];
+        for (i, (what, blocks)) in windows.iter().enumerate() {
+            let rate = false_failures(blocks, 4000, 0x9e37_79b9 + i as u64);
+            eprintln!("{what}: {:.2}% of checks failed", rate * 100.0);
+            assert!(
+                rate <= 0.005,
+                "{what}: a right profiler failed {:.2}% of checks",
+                rate * 100.0
+            );
+        }
+    }
+
     #[test]
     fn too_few_samples_is_no_verdict() {
         // thread_growth at the default rate: 21.2 MiB from 2 live samples
