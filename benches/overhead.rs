@@ -387,7 +387,7 @@ fn main() {
                 if own.is_some() {
                     print!(
                         "; x jemalloc-fp: {}",
-                        each(&|c| baselines[c].1.unwrap_or(c))
+                        each(&|c| baselines[c].1.expect("same build at every placement"))
                     );
                 }
                 println!();

@@ -16,8 +16,7 @@
 //! the kernel OOM-kills it (reported, not required). The dumps must be on
 //! disk afterwards, and the peak dump must name `build_pod_list` with the
 //! burst's bytes: named in process, or, when the kill came between the
-//! guard's unsymbolized pass and its named one, by `go tool pprof` with the
-//! binary.
+//! guard's unsymbolized pass and its named one, by `heapprof pprof-heap`.
 //!
 //! Why the load stops at 80% instead of one burst straight into the limit:
 //! a burst raises memory at about 850 MB/s here, and the guard's named
@@ -181,14 +180,7 @@ fn newest(dumps: &[PathBuf], kind: &str) -> Option<PathBuf> {
 
 /// Whether a dump is still the guard's unsymbolized first pass.
 fn unsymbolized(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
-        return false;
-    };
-    let profile = common::decode(&bytes);
-    profile
-        .comment
-        .iter()
-        .any(|&c| common::string(&profile, c).contains("unsymbolized"))
+    std::fs::read(path).is_ok_and(|bytes| common::is_unsymbolized(&common::decode(&bytes)))
 }
 
 /// The top in-use leaf of a dump and its bytes. A dump the guard had no
@@ -383,15 +375,13 @@ fn oom_guard_dumps_before_the_cgroup_limit() {
     {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let first_pass: Vec<PathBuf> = dumps(&dir.0)
-        .into_iter()
-        .filter(|d| unsymbolized(d))
-        .collect();
+    let written = dumps(&dir.0);
+    let first_pass: Vec<&PathBuf> = written.iter().filter(|d| unsymbolized(d)).collect();
     eprintln!(
         "named in {:.1} s: {} of {} dumps",
         naming.elapsed().as_secs_f64(),
-        dumps(&dir.0).len() - first_pass.len(),
-        dumps(&dir.0).len()
+        written.len() - first_pass.len(),
+        written.len()
     );
     assert!(
         first_pass.is_empty() || service.child.try_wait().ok().flatten().is_some(),
@@ -428,11 +418,10 @@ fn oom_guard_dumps_before_the_cgroup_limit() {
     );
     // The peak dump is the one that names the spike whatever the moment of
     // the dump; the current one does when the dump ran while lists were
-    // being built (reported, not required).
-    // A dump the kill interrupted between its two passes is unsymbolized;
-    // the newest named one is read first, an unsymbolized one is named
-    // offline only when there is no other (it takes a minute for this debug
-    // build's debug info).
+    // being built (reported, not required). A dump the kill interrupted
+    // between its two passes is unsymbolized: the newest named peak is
+    // read, and an unsymbolized one is named offline only when there is no
+    // other (a minute for this debug build's debug info).
     let current = newest(&found, "current").expect("a current dump");
     if unsymbolized(&current) {
         eprintln!("{}: unsymbolized (the kill came first)", current.display());

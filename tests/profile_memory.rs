@@ -46,8 +46,7 @@ fn classify(path: &str, status: u16, body: &[u8]) -> Answer {
         ),
     }
     let p = common::decode(body);
-    let comments: Vec<&str> = p.comment.iter().map(|&i| common::string(&p, i)).collect();
-    if comments.iter().any(|c| c.contains("unsymbolized")) {
+    if common::is_unsymbolized(&p) {
         assert!(
             p.mapping
                 .iter()

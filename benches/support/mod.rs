@@ -94,11 +94,13 @@ pub fn build(
 /// configuration.
 pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
     let base = programs_dir();
-    let plain_dir = base.join("plain");
-    if let Err(e) = build(&plain_dir, &["--bins"], NO_FRAME_POINTERS, &[]) {
+    let (plain_name, plain_flags) = plain_build(false);
+    let plain_dir = base.join(plain_name);
+    if let Err(e) = build(&plain_dir, &["--bins"], plain_flags, &[]) {
         panic!("building benches/programs failed: {e}");
     }
-    let fp_plain_dir = base.join("fp");
+    let (fp_name, fp_flags) = plain_build(true);
+    let fp_plain_dir = base.join(fp_name);
     let fp = if !with_fp {
         Err("not built".into())
     } else {
@@ -112,7 +114,7 @@ pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
                 "--bin",
                 "heapprof-system",
             ],
-            FRAME_POINTERS,
+            fp_flags,
             &[],
         )
         .map(|()| fp_plain_dir.join("release"))
@@ -163,14 +165,20 @@ pub fn build_programs(with_prof: bool, with_fp: bool) -> Programs {
 /// (into the plain build's directory) or with them (the `-fp` one), and
 /// returns its path.
 pub fn build_program(bin: &str, frame_pointers: bool) -> Result<PathBuf, String> {
-    let base = programs_dir();
-    let (dir, rustflags) = if frame_pointers {
-        (base.join("fp"), FRAME_POINTERS)
-    } else {
-        (base.join("plain"), NO_FRAME_POINTERS)
-    };
+    let (name, rustflags) = plain_build(frame_pointers);
+    let dir = programs_dir().join(name);
     build(&dir, &["--bin", bin], rustflags, &[])?;
     Ok(dir.join("release").join(bin))
+}
+
+/// The plain configurations' build without or with frame pointers: its
+/// directory's name under [`programs_dir`] and its `RUSTFLAGS`.
+fn plain_build(frame_pointers: bool) -> (&'static str, &'static str) {
+    if frame_pointers {
+        ("fp", FRAME_POINTERS)
+    } else {
+        ("plain", NO_FRAME_POINTERS)
+    }
 }
 
 /// A command for one program with a clean profiler environment: every
@@ -245,11 +253,7 @@ pub fn build_placed(
     frame_pointers: bool,
     bins: &[&str],
 ) -> Result<PathBuf, String> {
-    let (name, flags) = if frame_pointers {
-        ("fp", FRAME_POINTERS)
-    } else {
-        ("plain", NO_FRAME_POINTERS)
-    };
+    let (name, flags) = plain_build(frame_pointers);
     let dir = programs_dir().join(format!("{name}-align{align_log2}"));
     let rustflags = format!("{flags} -C llvm-args=-align-all-functions={align_log2}");
     let args: Vec<&str> = bins.iter().flat_map(|b| ["--bin", b]).collect();

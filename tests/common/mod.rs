@@ -86,6 +86,13 @@ pub fn string(p: &Profile, i: i64) -> &str {
     &p.string_table[i as usize]
 }
 
+/// Whether `p` carries heapprof's unsymbolized note (addresses only).
+pub fn is_unsymbolized(p: &Profile) -> bool {
+    p.comment
+        .iter()
+        .any(|&c| string(p, c).contains("unsymbolized"))
+}
+
 /// Index of the sample type named `name`.
 pub fn value_index(p: &Profile, name: &str) -> usize {
     p.sample_type
