@@ -21,6 +21,14 @@
 //! peak rise of the process's anonymous RSS (`RssAnon`, sampled every
 //! millisecond) over the level just before the request; for the CPU
 //! profile also what is still there 15 s after it ended ("kept").
+//!
+//! Then, for heapprof only, what an OOM guard's dump costs: the service
+//! starts the guard with its 80% threshold already crossed (see
+//! `serve_heapprof.rs`), without the reserve that would pre-pay the
+//! dump, and the table gives the peak rise of `RssAnon` when the first,
+//! unsymbolized pass has written both profiles, and when the second pass
+//! has replaced them with named ones. `HEAPPROF_BENCH_GUARD_ONLY=1` runs
+//! only that table.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -60,10 +68,14 @@ fn main() {
             ],
         },
     ];
-    println!(
-        "| program | binary | first heap | later heap | 100 concurrent | CPU {cpu_seconds} s: while | kept |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let guard_only = std::env::var_os("HEAPPROF_BENCH_GUARD_ONLY").is_some();
+    if !guard_only {
+        println!(
+            "| program | binary | first heap | later heap | 100 concurrent | CPU {cpu_seconds} s: while | kept |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+    }
+    let mut guard_rows = Vec::new();
     for b in &builds {
         let (what, dir) = (b.what, b.dir);
         let heapprof = build_one(
@@ -77,6 +89,13 @@ fn main() {
             b,
         )
         .map(|d| d.join("serve-heapprof"));
+        guard_rows.push(match &heapprof {
+            Ok(bin) => guard_dump(bin, what),
+            Err(e) => format!("| {what} | unavailable: {e} | | |"),
+        });
+        if guard_only {
+            continue;
+        }
         let peers = build_one(
             &format!("{dir}-prof"),
             &[
@@ -107,6 +126,98 @@ fn main() {
             }
         }
     }
+    println!("\nAn OOM guard's dump (heapprof, no reserve), peak rise of RssAnon:\n");
+    println!("| binary | unsymbolized pass written | named pass written | dump files |");
+    println!("| --- | --- | --- | --- |");
+    for row in guard_rows {
+        println!("{row}");
+    }
+}
+
+/// One row of the OOM-guard table: runs the service with its guard (see
+/// the module docs) and follows the dump directory.
+fn guard_dump(bin: &Path, what: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("heapprof-bench-guard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = program(bin, &[])
+        .env("SERVE_GUARD_DIR", &dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the service");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line == "guard starting" => break,
+            Some(_) => {}
+            None => panic!("the service exited before starting its guard"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.id();
+    let base = rss_anon(pid);
+    let peak = Arc::new(AtomicU64::new(base));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_anon(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let rise = || (peak.load(Ordering::Relaxed).saturating_sub(base)) as f64 / MIB;
+    // (file name, inode) of the dump files.
+    let files = || -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pb.gz"))
+            .filter_map(|e| {
+                Some((
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().ok()?.ino(),
+                ))
+            })
+            .collect()
+    };
+    let mut first = None;
+    let mut named = None;
+    while started.elapsed() < Duration::from_secs(120) {
+        let now = files();
+        match &first {
+            None if now.len() == 2 => first = Some((rise(), started.elapsed(), now)),
+            Some((_, _, then)) if now.iter().all(|f| !then.contains(f)) && now.len() == 2 => {
+                named = Some((rise(), started.elapsed()));
+                break;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let total = rise();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let size = std::fs::metadata(bin).map_or(0, |m| m.len());
+    let cell = |r: Option<(f64, Duration)>| {
+        r.map_or("not written in 120 s".into(), |(mib, at)| {
+            format!("{mib:.1} MiB ({:.2} s)", at.as_secs_f64())
+        })
+    };
+    format!(
+        "| {what}, {:.0} MB | {} | {} | {} |",
+        size as f64 / 1e6,
+        cell(first.as_ref().map(|(mib, at, _)| (*mib, *at))),
+        cell(named.map(|(_, at)| (total, at))),
+        first.map_or(0, |(_, _, f)| f.len()),
+    )
 }
 
 /// One way of building the service.
