@@ -7,9 +7,16 @@
 //! symbol tables, several MiB in a large binary (5 MiB of the OOM guard's
 //! first, unsymbolized dump of a 200 MB service, `BENCHMARKS.md`), and a
 //! build ID is read when a profile is built, possibly near a memory limit.
+//! A note segment over [`MAX_NOTE_SEGMENT`] bytes is skipped unread: the
+//! `heapprof` command reads the build IDs of files other users may have
+//! written.
 
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::{FileKind, ReadCache, ReadRef, elf};
+
+/// Largest `PT_NOTE` segment read, bytes. Linkers write a few notes of
+/// a few dozen bytes each (build ID, ABI tag, GNU properties).
+const MAX_NOTE_SEGMENT: u64 = 64 * 1024;
 
 /// Lower-case hex build ID of the ELF file at `path`, empty if it has none
 /// or cannot be read.
@@ -33,6 +40,9 @@ fn note_of<'data, Elf: FileHeader, R: ReadRef<'data>>(data: R) -> Option<&'data 
     let header = Elf::parse(data).ok()?;
     let endian = header.endian().ok()?;
     for segment in header.program_headers(endian, data).ok()? {
+        if segment.p_filesz(endian).into() > MAX_NOTE_SEGMENT {
+            continue;
+        }
         let Ok(Some(mut notes)) = segment.notes(endian, data) else {
             continue;
         };
@@ -87,6 +97,42 @@ mod tests {
         let exe = std::fs::read(std::fs::read_link("/proc/self/exe").unwrap()).unwrap();
         std::fs::write(&truncated, &exe[..100]).unwrap();
         assert_eq!(build_id(truncated.to_str().unwrap()), "");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_oversized_note_segment_is_not_read() {
+        use object::read::elf::{FileHeader, ProgramHeader};
+        let exe = std::fs::read(std::fs::read_link("/proc/self/exe").unwrap()).unwrap();
+        let header = elf::FileHeader64::<object::Endianness>::parse(&*exe).unwrap();
+        let endian = header.endian().unwrap();
+        let phoff = header.e_phoff(endian) as usize;
+        let phentsize = usize::from(header.e_phentsize(endian));
+        let mut crafted = exe.clone();
+        let mut notes = 0;
+        for (i, ph) in header
+            .program_headers(endian, &*exe)
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            if ph.p_type(endian) != elf::PT_NOTE {
+                continue;
+            }
+            // p_filesz, at offset 32 of an Elf64_Phdr: the rest of the file,
+            // which is in bounds and over the limit.
+            let size = (exe.len() as u64 - ph.p_offset(endian)).to_ne_bytes();
+            let at = phoff + i * phentsize + 32;
+            crafted[at..at + 8].copy_from_slice(&size);
+            notes += 1;
+        }
+        assert!(notes > 0, "the test binary has a PT_NOTE segment");
+        assert!(exe.len() as u64 > 2 * MAX_NOTE_SEGMENT);
+        let dir = std::env::temp_dir().join(format!("heapprof-bignote-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("crafted");
+        std::fs::write(&path, &crafted).unwrap();
+        assert_eq!(build_id(path.to_str().unwrap()), "");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
