@@ -7,9 +7,8 @@
 //! symbol tables, several MiB in a large binary (5 MiB of the OOM guard's
 //! first, unsymbolized dump of a 200 MB service, `BENCHMARKS.md`), and a
 //! build ID is read when a profile is built, possibly near a memory limit.
-//! A note segment over [`MAX_NOTE_SEGMENT`] bytes is skipped unread: the
-//! `heapprof` command reads the build IDs of files other users may have
-//! written.
+//! A note segment over 64 KiB is skipped unread: the `heapprof` command
+//! reads the build IDs of files other users may have written.
 
 use object::read::elf::{FileHeader, ProgramHeader};
 use object::{FileKind, ReadCache, ReadRef, elf};
