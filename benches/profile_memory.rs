@@ -27,8 +27,11 @@
 //! `serve_heapprof.rs`), without the reserve that would pre-pay the
 //! dump, and the table gives the peak rise of `RssAnon` when the first,
 //! unsymbolized pass has written both profiles, and when the second pass
-//! has replaced them with named ones. `HEAPPROF_BENCH_GUARD_ONLY=1` runs
-//! only that table.
+//! has replaced them with named ones. Last, what heapprof's unwind
+//! tables cost at start-up: `RssAnon` and `VmHWM` 3 s after the service
+//! listens, with the tables (`HEAPPROF_UNWIND=auto`, the default for a
+//! build without frame pointers) minus without (`HEAPPROF_UNWIND=dwarf`).
+//! `HEAPPROF_BENCH_GUARD_ONLY=1` runs only those two tables.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -76,6 +79,7 @@ fn main() {
         println!("| --- | --- | --- | --- | --- | --- | --- |");
     }
     let mut guard_rows = Vec::new();
+    let mut table_rows = Vec::new();
     for b in &builds {
         let (what, dir) = (b.what, b.dir);
         let heapprof = build_one(
@@ -93,6 +97,9 @@ fn main() {
             Ok(bin) => guard_dump(bin, what),
             Err(e) => format!("| {what} | unavailable: {e} | | |"),
         });
+        if let Ok(bin) = &heapprof {
+            table_rows.push(start_up(bin, what));
+        }
         if guard_only {
             continue;
         }
@@ -132,6 +139,37 @@ fn main() {
     for row in guard_rows {
         println!("{row}");
     }
+    println!("\nheapprof's unwind tables at start-up, with minus without:\n");
+    println!("| binary | RssAnon kept | VmHWM |");
+    println!("| --- | --- | --- |");
+    for row in table_rows {
+        println!("{row}");
+    }
+}
+
+/// One row of the start-up table (see the module docs).
+fn start_up(bin: &Path, what: &str) -> String {
+    let status = |unwind: &str| {
+        let mut child = program(bin, &[("HEAPPROF_UNWIND", unwind)])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the service");
+        listening(&mut child);
+        std::thread::sleep(Duration::from_secs(3));
+        let text = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        heapprof::sys::procfs::parse_status(&text.unwrap_or_default())
+    };
+    let (with, without) = (status("auto"), status("dwarf"));
+    let rise = |a: u64, b: u64| (a as f64 - b as f64) / MIB;
+    let size = std::fs::metadata(bin).map_or(0, |m| m.len());
+    format!(
+        "| {what}, {:.0} MB | {:.1} MiB | {:.1} MiB |",
+        size as f64 / 1e6,
+        rise(with.rss_anon, without.rss_anon),
+        rise(with.vm_hwm, without.vm_hwm)
+    )
 }
 
 /// One row of the OOM-guard table: runs the service with its guard (see

@@ -27,6 +27,7 @@ pub(crate) mod peak;
 mod profiler;
 pub(crate) mod reentrancy;
 pub(crate) mod sampler;
+mod scratch;
 mod shared_line;
 pub(crate) mod site_table;
 mod spin;

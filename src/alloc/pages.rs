@@ -21,9 +21,9 @@ static RANGES: [(AtomicUsize, AtomicUsize); MAX_RANGES] =
     [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; MAX_RANGES];
 static RANGES_CLAIMED: AtomicUsize = AtomicUsize::new(0);
 
-/// An anonymous zero-filled mapping of `bytes`, counted in the profiler's
-/// own memory; `None` if the kernel refuses.
-pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
+/// An anonymous zero-filled read-write mapping of `bytes`, not counted
+/// anywhere (the caller owns it); `None` if the kernel refuses.
+pub(crate) fn map_anonymous(bytes: usize) -> Option<*mut u8> {
     // SAFETY: an anonymous private mapping with no address hint; the result
     // is checked against MAP_FAILED. Pages come zero-filled.
     let p = unsafe {
@@ -36,9 +36,13 @@ pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
             0,
         )
     };
-    if p == libc::MAP_FAILED {
-        return None;
-    }
+    (p != libc::MAP_FAILED).then_some(p.cast())
+}
+
+/// An anonymous zero-filled mapping of `bytes`, counted in the profiler's
+/// own memory; `None` if the kernel refuses.
+pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
+    let p = map_anonymous(bytes)?;
     MAPPED.fetch_add(bytes, Ordering::Relaxed);
     let slot = RANGES_CLAIMED.fetch_add(1, Ordering::Relaxed);
     if let Some((start, len)) = RANGES.get(slot) {
@@ -69,17 +73,28 @@ pub(crate) fn mapped_bytes() -> usize {
 /// data read without locks for the rest of the process (unwind tables).
 /// Returns the copy and the bytes mapped; `None` if the kernel refuses.
 pub(crate) fn leak_copy<T: Copy>(items: &[T]) -> Option<(&'static [T], usize)> {
-    if items.is_empty() {
+    leak_concat(&[items])
+}
+
+/// [`leak_copy`] of the concatenation of `parts`, without a copy of the
+/// whole in between.
+pub(crate) fn leak_concat<T: Copy>(parts: &[&[T]]) -> Option<(&'static [T], usize)> {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>();
+    if len == 0 {
         return Some((&[], 0));
     }
     const { assert!(core::mem::align_of::<T>() <= 4096) };
-    let bytes = core::mem::size_of_val(items);
+    let bytes = len.checked_mul(core::mem::size_of::<T>())?;
     let p = map_zeroed(bytes)?.cast::<T>();
-    // SAFETY: the mapping is fresh, page-aligned (so aligned for T), at
-    // least `bytes` long and never unmapped; T is Copy, so a bitwise copy
-    // is a valid value and nothing needs dropping.
-    unsafe {
-        ptr::copy_nonoverlapping(items.as_ptr(), p, items.len());
-        Some((core::slice::from_raw_parts(p, items.len()), bytes))
+    let mut at = 0;
+    for part in parts {
+        // SAFETY: the mapping is fresh, page-aligned (so aligned for T) and
+        // holds `len` elements, of which the parts fill `at..at + part.len()`
+        // in turn; T is Copy, so a bitwise copy is a valid value.
+        unsafe { ptr::copy_nonoverlapping(part.as_ptr(), p.add(at), part.len()) };
+        at += part.len();
     }
+    // SAFETY: all `len` elements were written above; the mapping is never
+    // unmapped, so the slice may live for the rest of the process.
+    Some((unsafe { core::slice::from_raw_parts(p, len) }, bytes))
 }

@@ -26,9 +26,10 @@ fn main() {
     println!("listening on http://{addr}");
     let _guard = std::env::var_os("SERVE_GUARD_DIR").map(|dir| {
         // Settled first: the unwind tables are built on a thread of their
-        // own after start-up (20-40 MiB for a large binary).
-        heapprof::stack_hooks::wait_for_tables(None, Duration::from_secs(60))
+        // own after start-up.
+        let tables = heapprof::stack_hooks::wait_for_tables(None, Duration::from_secs(60))
             .expect("unwind tables");
+        println!("unwind tables: {} bytes", tables.mapped_bytes);
         std::thread::sleep(Duration::from_secs(2));
         println!("guard starting");
         std::thread::sleep(Duration::from_secs(1));

@@ -23,11 +23,15 @@
 //! each. Times are from the TSC, calibrated against the monotonic clock.
 //!
 //! Before any capture it waits for the unwind tables and prints
-//! `TABLES build_ms=.. bytes=.. rows=.. modules=..` and one
-//! `MODULE name=.. fdes=.. rows=.. unsupported_rows=.. bytes=..` each.
+//! `TABLES build_ms=.. bytes=.. rows=.. modules=.. anon_kept_kib=..
+//! anon_peak_kib=..` and one `MODULE name=.. fdes=.. rows=..
+//! unsupported_rows=.. bytes=..` each. `anon_kept_kib` is how much the
+//! process's `RssAnon` grew over the build (the tables, and whatever the
+//! build left behind), `anon_peak_kib` how much its `VmHWM` did (the
+//! build's peak, an upper bound: `VmHWM` counts file pages too).
 //! `stack-cost LEVELS LIBRARY` then loads LIBRARY with `dlopen`, waits for
-//! the rescan and prints `DLOPEN build_ms=..` (the time the rescan took)
-//! and the library's `MODULE` line.
+//! the rescan and prints `DLOPEN build_ms=.. anon_kept_kib=..
+//! anon_peak_kib=..` (for the rescan) and the library's `MODULE` line.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -120,11 +124,13 @@ fn load(library: &str, generation: u32, build_ns: u64) {
     // initialisers; it stays loaded.
     let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
     assert!(!handle.is_null(), "dlopen {library} failed");
+    let before = memory();
     let summary = stack_hooks::wait_for_tables(Some(generation), Duration::from_secs(120))
         .expect("tables after dlopen");
     println!(
-        "DLOPEN build_ms={:.2}",
-        (summary.build_ns - build_ns) as f64 / 1e6
+        "DLOPEN build_ms={:.2} {}",
+        (summary.build_ns - build_ns) as f64 / 1e6,
+        grown_since(before)
     );
     let file = library.rsplit('/').next().unwrap_or(library);
     summary
@@ -134,17 +140,36 @@ fn load(library: &str, generation: u32, build_ns: u64) {
         .for_each(print_module);
 }
 
+/// (`RssAnon`, `VmHWM`) of this process, bytes.
+fn memory() -> (u64, u64) {
+    let status = heapprof::sys::procfs::self_status();
+    (status.rss_anon, status.vm_hwm)
+}
+
+/// `anon_kept_kib=.. anon_peak_kib=..`: growth since `before` (see the
+/// module docs).
+fn grown_since(before: (u64, u64)) -> String {
+    let after = memory();
+    format!(
+        "anon_kept_kib={} anon_peak_kib={}",
+        after.0.saturating_sub(before.0) / 1024,
+        after.1.saturating_sub(before.1) / 1024
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let levels: u32 = args.get(1).map_or(20, |l| l.parse().expect("LEVELS"));
+    let before = memory();
     let summary =
         stack_hooks::wait_for_tables(None, Duration::from_secs(30)).expect("unwind tables");
     println!(
-        "TABLES build_ms={:.2} bytes={} rows={} modules={}",
+        "TABLES build_ms={:.2} bytes={} rows={} modules={} {}",
         summary.build_ns as f64 / 1e6,
         summary.mapped_bytes,
         summary.modules.iter().map(|m| m.rows).sum::<usize>(),
-        summary.modules.len()
+        summary.modules.len(),
+        grown_since(before)
     );
     summary.modules.iter().for_each(print_module);
     let per_ns = ticks_per_ns();

@@ -277,13 +277,14 @@ impl Builder {
                 Scanned::Known(id) => set.extend(self.known.iter().find(|t| t.identity == id)),
                 Scanned::New(module) => {
                     let room = MAX_TABLE_BYTES.saturating_sub(table_bytes());
-                    match ModuleTable::build(&module, room) {
+                    let identity = module.identity;
+                    match ModuleTable::build(module, room) {
                         Some(table) => {
                             TABLE_BYTES.fetch_add(table.bytes, Ordering::Relaxed);
                             self.known.push(table);
                             set.push(table);
                         }
-                        None => self.failed.push(module.identity),
+                        None => self.failed.push(identity),
                     }
                 }
             }

@@ -19,6 +19,8 @@ use core::ops::Range;
 
 use gimli::{BaseAddresses, EhFrameHdr, LittleEndian, Pointer};
 
+use crate::alloc::scratch::ScratchVec;
+
 /// What makes two scans' modules the same for unwinding: a module with an
 /// unchanged identity keeps its table. The hash covers `.eh_frame_hdr`,
 /// which lists every function's unwind entry, so a different library
@@ -33,12 +35,26 @@ pub(super) struct Identity {
     pub hash: u64,
 }
 
-/// A section copied out of a loaded module.
+/// A section copied out of a loaded module, into a mapping of its own
+/// (`alloc::scratch`) that is unmapped once the table is built: the
+/// sections of a large executable are megabytes.
 pub(super) struct Section {
     /// Where the section is mapped in this process (its AVMA): pointers
     /// inside it are relative to this address.
     pub address: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: ScratchVec<u8>,
+}
+
+impl Section {
+    /// A copy of `bytes`, mapped at `address`; `None` without memory.
+    fn copy(address: u64, bytes: &[u8]) -> Option<Section> {
+        let mut copy = ScratchVec::new();
+        copy.extend_from_slice(bytes)?;
+        Some(Section {
+            address,
+            bytes: copy,
+        })
+    }
 }
 
 /// A module whose unwind sections were copied.
@@ -198,18 +214,20 @@ unsafe extern "C" fn on_module(
             .to_string_lossy()
             .into_owned()
     };
+    let (Some(eh_frame_hdr), Some(eh_frame)) = (
+        Section::copy(hdr_range.start, hdr_bytes),
+        Section::copy(eh_frame, eh_frame_bytes),
+    ) else {
+        // No memory for the copies: no table for this module (its frames
+        // go to libgcc).
+        return 0;
+    };
     state.scan.modules.push(Scanned::New(Module {
         name,
         identity,
         text,
-        eh_frame_hdr: Section {
-            address: hdr_range.start,
-            bytes: hdr_bytes.to_vec(),
-        },
-        eh_frame: Section {
-            address: eh_frame,
-            bytes: eh_frame_bytes.to_vec(),
-        },
+        eh_frame_hdr,
+        eh_frame,
     }));
     0
 }

@@ -53,6 +53,7 @@ use gimli::{
 
 use super::modules::{Identity, Module};
 use crate::alloc::pages;
+use crate::alloc::scratch::ScratchVec;
 
 /// Bytes of code per entry of the page index.
 const PAGE_SHIFT: u32 = 8;
@@ -174,23 +175,26 @@ impl ModuleTable {
     /// module has no usable rows, covers 4 GiB or more, or the table would
     /// take more than `max_bytes`. Allocates: never call it inside the
     /// allocator.
-    pub(super) fn build(module: &Module, max_bytes: usize) -> Option<ModuleTable> {
-        let (rows, stats) = rows(module)?;
+    ///
+    /// Its scratch memory is in mappings of its own (`alloc::scratch`),
+    /// each unmapped as soon as it is used: the module's copied sections
+    /// once its rows are read, the rows (16 bytes each) once merged, the
+    /// merged arrays once copied into the table's own mapping.
+    pub(super) fn build(module: Module, max_bytes: usize) -> Option<ModuleTable> {
+        let (rows, stats) = rows(&module)?;
+        drop(module.eh_frame_hdr);
+        drop(module.eh_frame);
         let (lo, span, starts, rules) = merge(rows)?;
-        let pages = page_index(&starts, span);
+        let pages = page_index(&starts, span)?;
         let words = starts.len() + rules.len() + pages.len();
         if words * size_of::<u32>() > max_bytes {
             return None;
         }
-        let mut all = Vec::with_capacity(words);
-        all.extend_from_slice(&starts);
-        all.extend_from_slice(&rules);
-        all.extend_from_slice(&pages);
-        let (all, bytes) = pages::leak_copy(&all)?;
+        let (all, bytes) = pages::leak_concat(&[&starts, &rules, &pages])?;
         let (starts, rest) = all.split_at(starts.len());
         let (rules, pages) = rest.split_at(rules.len());
         Some(ModuleTable {
-            name: module.name.clone().leak(),
+            name: module.name.leak(),
             identity: module.identity,
             lo,
             span,
@@ -238,11 +242,26 @@ impl ModuleTable {
     }
 }
 
-/// One CFI row: `rule` holds for addresses `start..end`.
-type Row = (u64, u64, Rule);
+/// One CFI row: `rule` holds for addresses `start..start + len`. 16
+/// bytes: a table's rows are its build's largest scratch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Row {
+    start: u64,
+    len: u32,
+    rule: Rule,
+}
 
-/// Every row of `module`'s FDEs, in any order.
-fn rows(module: &Module) -> Option<(Vec<Row>, BuildStats)> {
+impl Row {
+    fn end(&self) -> u64 {
+        self.start + u64::from(self.len)
+    }
+}
+
+const _: () = assert!(size_of::<Row>() == 16);
+
+/// Every row of `module`'s FDEs, in any order; `None` if there is no
+/// index or no memory for the rows.
+fn rows(module: &Module) -> Option<(ScratchVec<Row>, BuildStats)> {
     let bases = BaseAddresses::default()
         .set_eh_frame_hdr(module.eh_frame_hdr.address)
         .set_eh_frame(module.eh_frame.address)
@@ -255,7 +274,7 @@ fn rows(module: &Module) -> Option<(Vec<Row>, BuildStats)> {
     eh_frame.set_address_size(8);
     let mut context = UnwindContext::new();
     let mut stats = BuildStats::default();
-    let mut out = Vec::new();
+    let mut out = ScratchVec::new();
     let mut fdes = index.iter(&bases);
     while let Ok(Some((_, pointer))) = fdes.next() {
         let fde = index
@@ -284,8 +303,12 @@ fn rows(module: &Module) -> Option<(Vec<Row>, BuildStats)> {
                         )
                     };
                     stats.unsupported_rows += usize::from(rule == Rule::UNSUPPORTED);
-                    if row.start_address() < row.end_address() {
-                        out.push((row.start_address(), row.end_address(), rule));
+                    let (start, end) = (row.start_address(), row.end_address());
+                    match u32::try_from(end.saturating_sub(start)) {
+                        Ok(0) => {}
+                        Ok(len) => out.push(Row { start, len, rule })?,
+                        // A row of 4 GiB or more: no table covers it.
+                        Err(_) => stats.errors += 1,
                     }
                 }
                 Ok(None) => break,
@@ -335,50 +358,52 @@ fn encode(
 /// Sorts rows into `(lo, span, starts, rules)`: each start relative to
 /// `lo`, a [`Rule::NONE`] row after every gap between functions, runs of
 /// one rule merged. `None` without rows or if they span 4 GiB or more.
-fn merge(mut rows: Vec<Row>) -> Option<(u64, u64, Vec<u32>, Vec<u32>)> {
-    rows.sort_unstable_by_key(|r| (r.0, r.1));
-    let lo = rows.first()?.0;
-    let hi = rows.iter().map(|r| r.1).max()?;
+fn merge(mut rows: ScratchVec<Row>) -> Option<(u64, u64, ScratchVec<u32>, ScratchVec<u32>)> {
+    rows.sort_unstable_by_key(|r| (r.start, r.end()));
+    let lo = rows.first()?.start;
+    let hi = rows.iter().map(Row::end).max()?;
     let span = hi - lo;
     if span > u64::from(u32::MAX) {
         return None;
     }
-    let mut starts: Vec<u32> = Vec::with_capacity(rows.len() + rows.len() / 4);
-    let mut rules: Vec<u32> = Vec::with_capacity(starts.capacity());
-    let mut push = |start: u64, rule: Rule| {
+    let mut starts = ScratchVec::<u32>::new();
+    let mut rules = ScratchVec::<u32>::new();
+    let mut push = |start: u64, rule: Rule| -> Option<()> {
         let start = (start - lo) as u32;
         match (starts.last(), rules.last_mut()) {
             (_, Some(last)) if *last == rule.0 => {}
             (Some(&s), Some(last)) if s == start => *last = rule.0,
             _ => {
-                starts.push(start);
-                rules.push(rule.0);
+                starts.push(start)?;
+                rules.push(rule.0)?;
             }
         }
+        Some(())
     };
-    for (i, &(start, end, rule)) in rows.iter().enumerate() {
-        push(start, rule);
-        if rows.get(i + 1).is_none_or(|next| next.0 > end) {
-            push(end, Rule::NONE);
+    for (i, row) in rows.iter().enumerate() {
+        push(row.start, row.rule)?;
+        if rows.get(i + 1).is_none_or(|next| next.start > row.end()) {
+            push(row.end(), Rule::NONE)?;
         }
     }
+    drop(rows);
     Some((lo, span, starts, rules))
 }
 
 /// `pages[p]` = the row covering offset `p << PAGE_SHIFT`, for every page
 /// of `span` plus one bounding entry.
-fn page_index(starts: &[u32], span: u64) -> Vec<u32> {
+fn page_index(starts: &[u32], span: u64) -> Option<ScratchVec<u32>> {
     let count = (span >> PAGE_SHIFT) as usize + 1;
-    let mut pages = Vec::with_capacity(count + 1);
+    let mut pages = ScratchVec::new();
     let mut row = 0usize;
     for page in 0..=count {
         let at = ((page as u64) << PAGE_SHIFT).min(span) as u32;
         while starts.get(row + 1).is_some_and(|&s| s <= at) {
             row += 1;
         }
-        pages.push(row as u32);
+        pages.push(row as u32)?;
     }
-    pages
+    Some(pages)
 }
 
 /// The tables of every module, as published (`builder`): sorted by
@@ -489,17 +514,21 @@ mod tests {
         let b = Rule::cfa(false, 16, 0).unwrap();
         // Two functions with a gap, the second starting with the same rule
         // as the first one's last row; rows given out of order.
-        let rows = vec![
+        let mut rows = ScratchVec::new();
+        for (start, end, rule) in [
             (0x1000, 0x1001, a),
             (0x1001, 0x1100, b),
             (0x1400, 0x1401, b),
             (0x1401, 0x1500, a),
-        ];
+        ] {
+            let len = (end - start) as u32;
+            rows.push(Row { start, len, rule }).unwrap();
+        }
         let (lo, span, starts, rules) = merge(rows).unwrap();
         assert_eq!((lo, span), (0x1000, 0x500));
-        assert_eq!(starts, [0, 1, 0x100, 0x400, 0x401, 0x500]);
-        assert_eq!(rules, [a.0, b.0, 0, b.0, a.0, 0]);
-        let pages = page_index(&starts, span);
+        assert_eq!(*starts, [0, 1, 0x100, 0x400, 0x401, 0x500]);
+        assert_eq!(*rules, [a.0, b.0, 0, b.0, a.0, 0]);
+        let pages = page_index(&starts, span).unwrap();
         let table = ModuleTable {
             name: "",
             identity: Identity {
@@ -509,9 +538,9 @@ mod tests {
             },
             lo,
             span,
-            starts: starts.leak(),
-            rules: rules.leak(),
-            pages: pages.leak(),
+            starts: starts.to_vec().leak(),
+            rules: rules.to_vec().leak(),
+            pages: pages.to_vec().leak(),
             bytes: 0,
             stats: BuildStats::default(),
         };
