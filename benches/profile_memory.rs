@@ -182,30 +182,10 @@ fn guard_dump(bin: &Path, what: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the service");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(line)) if line == "guard starting" => break,
-            Some(_) => {}
-            None => panic!("the service exited before starting its guard"),
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    let pid = child.id();
-    let base = rss_anon(pid);
-    let peak = Arc::new(AtomicU64::new(base));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_anon(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    wait_for_line(&mut child, "guard starting");
+    let sampler = PeakSampler::start(child.id());
     let started = std::time::Instant::now();
-    let rise = || (peak.load(Ordering::Relaxed).saturating_sub(base)) as f64 / MIB;
+    let rise = || sampler.rise() as f64 / MIB;
     // (file name, inode) of the dump files.
     let files = || -> Vec<(String, u64)> {
         use std::os::unix::fs::MetadataExt;
@@ -236,10 +216,7 @@ fn guard_dump(bin: &Path, what: &str) -> String {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    std::thread::sleep(Duration::from_millis(50));
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let total = rise();
+    let total = sampler.finish() as f64 / MIB;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -336,20 +313,30 @@ fn mib((rise, bytes): (u64, usize)) -> String {
     format!("{:.1} MiB", rise as f64 / MIB)
 }
 
+/// The address the service listens on, from its stdout.
 fn listening(child: &mut Child) -> String {
+    wait_for_line(child, "listening on http://")
+        .trim()
+        .to_owned()
+}
+
+/// Reads `child`'s piped stdout up to the first line starting with
+/// `prefix` and returns the rest of that line; the lines after it are
+/// read and dropped on a thread of their own.
+fn wait_for_line(child: &mut Child, prefix: &str) -> String {
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
+    let rest = loop {
         let line = lines
             .next()
-            .expect("the service exited before listening")
+            .unwrap_or_else(|| panic!("the service exited before printing {prefix:?}"))
             .expect("a line");
-        if let Some(addr) = line.strip_prefix("listening on http://") {
-            break addr.trim().to_owned();
+        if let Some(rest) = line.strip_prefix(prefix) {
+            break rest.to_owned();
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    addr
+    rest
 }
 
 /// `RssAnon` of `pid`, bytes.
@@ -361,23 +348,55 @@ fn rss_anon(pid: u32) -> u64 {
 /// Runs `f` while sampling `pid`'s anonymous RSS every millisecond; the
 /// peak rise over the level before, and `f`'s result.
 fn peak_rise(pid: u32, f: impl FnOnce() -> usize) -> (u64, usize) {
-    let base = rss_anon(pid);
-    let peak = Arc::new(AtomicU64::new(base));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_anon(pid), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let sampler = PeakSampler::start(pid);
     let out = f();
-    std::thread::sleep(Duration::from_millis(50));
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    (peak.load(Ordering::Relaxed).saturating_sub(base), out)
+    (sampler.finish(), out)
+}
+
+/// A thread that reads a process's `RssAnon` every millisecond and keeps
+/// the highest reading.
+struct PeakSampler {
+    /// `RssAnon` when sampling started, bytes.
+    base: u64,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl PeakSampler {
+    fn start(pid: u32) -> Self {
+        let base = rss_anon(pid);
+        let peak = Arc::new(AtomicU64::new(base));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (peak, stop) = (Arc::clone(&peak), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_anon(pid), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        Self {
+            base,
+            peak,
+            stop,
+            thread,
+        }
+    }
+
+    /// The peak rise over `base` so far, bytes.
+    fn rise(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed).saturating_sub(self.base)
+    }
+
+    /// Samples 50 ms more, stops, and returns the peak rise, bytes.
+    fn finish(self) -> u64 {
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.peak.load(Ordering::Relaxed).saturating_sub(self.base)
+    }
 }
 
 /// GET `path`; the body's length (0 unless 200).
