@@ -29,8 +29,11 @@
 //! unsymbolized pass has written both profiles, and when the second pass
 //! has replaced them with named ones. Last, what heapprof's unwind
 //! tables cost at start-up: `RssAnon` and `VmHWM` 3 s after the service
-//! listens, with the tables (`HEAPPROF_UNWIND=auto`, the default for a
-//! build without frame pointers) minus without (`HEAPPROF_UNWIND=dwarf`).
+//! listens, and the peak of `RssAnon` until then (read every millisecond
+//! from the start), with the tables (`HEAPPROF_UNWIND=auto`, the default
+//! for a build without frame pointers) minus without
+//! (`HEAPPROF_UNWIND=dwarf`). `VmHWM` counts file pages too: the unwind
+//! sections the build reads.
 //! `HEAPPROF_BENCH_GUARD_ONLY=1` runs only those two tables.
 
 #[path = "support/mod.rs"]
@@ -140,8 +143,8 @@ fn main() {
         println!("{row}");
     }
     println!("\nheapprof's unwind tables at start-up, with minus without:\n");
-    println!("| binary | RssAnon kept | VmHWM |");
-    println!("| --- | --- | --- |");
+    println!("| binary | RssAnon kept | RssAnon peak | VmHWM |");
+    println!("| --- | --- | --- | --- |");
     for row in table_rows {
         println!("{row}");
     }
@@ -154,20 +157,26 @@ fn start_up(bin: &Path, what: &str) -> String {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the service");
+        let sampler = PeakSampler::start(child.id());
         listening(&mut child);
         std::thread::sleep(Duration::from_secs(3));
         let text = std::fs::read_to_string(format!("/proc/{}/status", child.id()));
+        let peak = sampler.finish();
         let _ = child.kill();
         let _ = child.wait();
-        heapprof::sys::procfs::parse_status(&text.unwrap_or_default())
+        (
+            heapprof::sys::procfs::parse_status(&text.unwrap_or_default()),
+            peak,
+        )
     };
-    let (with, without) = (status("auto"), status("dwarf"));
+    let ((with, with_peak), (without, without_peak)) = (status("auto"), status("dwarf"));
     let rise = |a: u64, b: u64| (a as f64 - b as f64) / MIB;
     let size = std::fs::metadata(bin).map_or(0, |m| m.len());
     format!(
-        "| {what}, {:.0} MB | {:.1} MiB | {:.1} MiB |",
+        "| {what}, {:.0} MB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
         size as f64 / 1e6,
         rise(with.rss_anon, without.rss_anon),
+        rise(with_peak, without_peak),
         rise(with.vm_hwm, without.vm_hwm)
     )
 }

@@ -271,18 +271,8 @@ impl Drop for Clients {
 fn oom_guard_dumps_before_the_cgroup_limit() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     const LIMIT: u64 = 512 << 20;
-    let cg = match ChildCgroup::create("heapprof-spike", LIMIT) {
-        Ok(cg) => cg,
-        Err(e) if std::env::var("HEAPPROF_SKIP_BPF").as_deref() == Ok("1") => {
-            eprintln!(
-                "SKIPPED by request (HEAPPROF_SKIP_BPF=1): cannot create a memory cgroup: {e}"
-            );
-            return;
-        }
-        Err(e) => panic!(
-            "this test needs root and a cgroup v1 memory controller to create a child memory \
-             cgroup: {e}. Run it as root, or set HEAPPROF_SKIP_BPF=1 to skip it"
-        ),
+    let Some(cg) = ChildCgroup::create_or_skip("heapprof-spike", LIMIT) else {
+        return;
     };
     let dir =
         TempDir(std::env::temp_dir().join(format!("heapprof-spike-dumps-{}", std::process::id())));

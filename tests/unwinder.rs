@@ -273,3 +273,47 @@ fn without_frame_pointers_auto_settles_on_the_table_with_the_libgcc_stacks() {
     assert_same_stacks(&table, &dwarf, "table vs libgcc");
     assert_same_stacks(&auto, &dwarf, "auto vs libgcc");
 }
+
+/// A module whose unwind table would not fit the memory cgroup's headroom
+/// gets none (its frames go to libgcc) until there is room: the build
+/// never pushes the process toward its limit, and it is retried.
+#[test]
+fn a_table_that_does_not_fit_the_memory_cgroup_waits_for_room() {
+    let program = build_without_frame_pointers();
+    let Some(cg) = common::cgroup::ChildCgroup::create_or_skip("heapprof-tables", 512 << 20) else {
+        return;
+    };
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2" tight"#)
+        .arg("sh")
+        .arg(&cg.0)
+        .arg(&program)
+        .env("HEAPPROF_SAMPLE_RATE", "0")
+        .env_remove("HEAPPROF_UNWIND")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}: {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |first: &str| -> HashMap<&str, u64> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(first))
+            .unwrap_or_else(|| panic!("no {first} line: {stdout}"));
+        fields(line.strip_prefix(first).unwrap())
+            .into_iter()
+            .map(|(k, v)| (k, v.parse().unwrap()))
+            .collect()
+    };
+    let (tight, roomy) = (line("tight"), line("roomy"));
+    assert!(tight["deferred"] > 0, "{stdout}");
+    assert!(tight["fallbacks"] > 0, "libgcc took the frames: {stdout}");
+    assert_eq!(roomy["deferred"], 0, "{stdout}");
+    assert!(roomy["tables"] > 0, "{stdout}");
+    assert_eq!(cg.oom_kills(), 0, "{stdout}");
+}

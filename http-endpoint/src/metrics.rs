@@ -102,6 +102,11 @@ pub fn render() -> String {
         stats.unwind_table_fallbacks,
     );
     out.gauge(
+        "heapprof_unwind_tables_deferred",
+        "Loaded modules without an unwind table because building it did not fit the memory cgroup's headroom (retried every 10 s; their frames go to libgcc).",
+        stats.unwind_tables_deferred,
+    );
+    out.gauge(
         "heapprof_sites",
         "Distinct allocating call sites recorded.",
         stats.sites,

@@ -200,6 +200,28 @@ pub fn headroom() -> Option<(u64, u64)> {
     Some((memory.headroom()?, memory.limit?))
 }
 
+/// Bytes an unwind-table build may map now (`alloc::stack::builder`, whose
+/// scratch is limited to it): the cgroup's headroom less the margin and
+/// what admitted profile builds reserved, 0 if that leaves nothing; `None`
+/// without a memory limit. A table build takes milliseconds and holds no
+/// reservation: a profile admitted meanwhile reads the cgroup's usage,
+/// which already counts the build's pages.
+pub(crate) fn room_for_tables() -> Option<u64> {
+    headroom().map(|(headroom, limit)| room(headroom, limit, RESERVED.load(Ordering::Relaxed)))
+}
+
+/// `headroom` less the margin for `limit` and `reserved`.
+fn room(headroom: u64, limit: u64, reserved: u64) -> u64 {
+    headroom
+        .saturating_sub(margin(limit))
+        .saturating_sub(reserved)
+}
+
+/// Bytes kept free beyond any build under `limit`.
+fn margin(limit: u64) -> u64 {
+    MARGIN_MIN.max(limit / 64)
+}
+
 /// Admits a build of `kind`, symbolized if it fits, else unsymbolized if
 /// that fits, else refuses.
 pub fn admit(kind: BuildKind) -> Result<Admission, NoRoom> {
@@ -233,7 +255,7 @@ fn admit_with(
             resolver,
         });
     };
-    let margin = MARGIN_MIN.max(limit / 64);
+    let margin = margin(limit);
     for (mode, cost) in [
         (BuildMode::Symbolized, symbolized),
         (BuildMode::Unsymbolized, unsymbolized),
@@ -274,6 +296,14 @@ mod tests {
     use super::*;
 
     const M: u64 = 1 << 20;
+
+    #[test]
+    fn tables_get_the_headroom_less_the_margin_and_reservations() {
+        assert_eq!(room(20 * M, 256 * M, 0), 16 * M, "margin 4 MiB");
+        assert_eq!(room(20 * M, 64 * M, 3 * M), 15 * M, "margin 2 MiB");
+        assert_eq!(room(M, 64 * M, 0), 0, "inside the margin: nothing");
+        assert_eq!(room(3 * M, 64 * M, 2 * M), 0);
+    }
 
     #[test]
     fn degrades_then_refuses_as_headroom_shrinks() {

@@ -8,7 +8,7 @@
 //! reentrancy guard, so the profiler's own allocations never appear in the
 //! profiles it writes.
 
-mod admission;
+pub(crate) mod admission;
 pub(crate) mod estimate;
 pub(crate) mod live;
 mod mappings;

@@ -54,6 +54,10 @@ pub struct Stats {
     /// tables were built, in code loaded since, on a signal alternate
     /// stack, or through one of the rare rows it cannot express.
     pub unwind_table_fallbacks: u64,
+    /// Loaded modules left without an unwind table because building it
+    /// did not fit the memory cgroup's headroom; their frames go to
+    /// libgcc, and the build is tried again every 10 s.
+    pub unwind_tables_deferred: usize,
 }
 
 /// The profiler's current [`Stats`].
@@ -81,5 +85,6 @@ pub fn stats() -> Stats {
         unwinder: crate::alloc::stack::unwinder(),
         unwind_table_bytes: crate::alloc::stack::table_bytes() as u64,
         unwind_table_fallbacks: crate::alloc::stack::table_fallbacks(),
+        unwind_tables_deferred: crate::alloc::stack::tables_deferred(),
     }
 }

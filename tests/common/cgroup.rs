@@ -25,6 +25,25 @@ impl ChildCgroup {
         Ok(cg)
     }
 
+    /// [`create`](Self::create), or, if it cannot be made: `None` when
+    /// the user asked to skip such tests (`HEAPPROF_SKIP_BPF=1`, said on
+    /// stderr), else a panic that says what the test needs.
+    pub fn create_or_skip(name: &str, limit: u64) -> Option<Self> {
+        match Self::create(name, limit) {
+            Ok(cg) => Some(cg),
+            Err(e) if std::env::var("HEAPPROF_SKIP_BPF").as_deref() == Ok("1") => {
+                eprintln!(
+                    "SKIPPED by request (HEAPPROF_SKIP_BPF=1): cannot create a memory cgroup: {e}"
+                );
+                None
+            }
+            Err(e) => panic!(
+                "this test needs root and a cgroup v1 memory controller to create a child \
+                 memory cgroup: {e}. Run it as root, or set HEAPPROF_SKIP_BPF=1 to skip it"
+            ),
+        }
+    }
+
     /// Sets `memory.limit_in_bytes`.
     pub fn set_limit(&self, limit: u64) -> Result<(), String> {
         self.write("memory.limit_in_bytes", &limit.to_string())

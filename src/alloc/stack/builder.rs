@@ -38,6 +38,18 @@
 //! table memory, leaked or not, is bounded by [`MAX_TABLE_BYTES`]; past it
 //! nothing new is built and captures in unbuilt modules use libgcc.
 //!
+//! # Memory
+//!
+//! A module can be loaded at any time, and building its table maps
+//! scratch in proportion to its unwind sections (tens of MiB for a
+//! 200 MB library), so a refresh in a process close to its memory
+//! cgroup's limit could push it over. Each refresh is therefore limited
+//! to the room admission gives tables (`profile::admission`: the
+//! cgroup's headroom less its margin and the reservations of profile
+//! builds). A module that does not fit is *deferred*: its frames go to
+//! libgcc, [`deferred`] counts it, and it is tried again every
+//! [`RETRY_DEFERRED_MS`] until it fits.
+//!
 //! # fork
 //!
 //! A child inherits the published tables but not the thread. The `fork`
@@ -54,6 +66,7 @@ use super::modules::{self, Scanned};
 use super::table::{ModuleTable, Tables};
 use super::table_walk::Fallback;
 use crate::alloc::reentrancy::Reentrancy;
+use crate::alloc::scratch;
 
 /// Bound on all memory mapped for tables, in bytes.
 pub const MAX_TABLE_BYTES: usize = 256 << 20;
@@ -61,6 +74,9 @@ pub const MAX_TABLE_BYTES: usize = 256 << 20;
 pub const MIN_RESCAN_INTERVAL_MS: u64 = 100;
 /// Time between two checks of the loader's counters, in milliseconds.
 const CHECK_INTERVAL_MS: u64 = 1000;
+/// Time between two attempts at modules deferred for lack of memory, in
+/// milliseconds.
+pub const RETRY_DEFERRED_MS: u64 = 10_000;
 
 /// The published table set; null until the first build.
 static PUBLISHED: AtomicPtr<Tables> = AtomicPtr::new(ptr::null_mut());
@@ -80,6 +96,8 @@ static TABLE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static BUILD_NS: AtomicU64 = AtomicU64::new(0);
 /// Captures the table handed to libgcc.
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+/// Modules left without a table by the last refresh for lack of memory.
+static DEFERRED: AtomicUsize = AtomicUsize::new(0);
 
 /// The published tables; starts the builder if there are none yet.
 #[inline]
@@ -150,6 +168,11 @@ pub(super) fn table_bytes() -> usize {
 /// Captures the table handed to libgcc so far.
 pub(super) fn fallbacks() -> u64 {
     FALLBACKS.load(Ordering::Relaxed)
+}
+
+/// Modules whose table waits for memory (see "Memory" above).
+pub(super) fn deferred() -> usize {
+    DEFERRED.load(Ordering::Relaxed)
 }
 
 /// Nanoseconds spent building and publishing tables.
@@ -244,6 +267,8 @@ struct Builder {
     failed: Vec<modules::Identity>,
     /// The loader's counters at the last scan.
     generation: Option<u64>,
+    /// When to try the modules deferred for lack of memory again.
+    retry_at: Option<Instant>,
     next_set: u32,
 }
 
@@ -256,39 +281,62 @@ impl Builder {
             known: set.map(|s| s.modules.to_vec()).unwrap_or_default(),
             failed: Vec::new(),
             generation: None,
+            retry_at: None,
             next_set: set.map_or(0, |s| s.generation.wrapping_add(1)),
         }
     }
 
     /// Rescans and publishes a new set if modules were loaded or unloaded
-    /// since the last scan (or nothing was published yet).
+    /// since the last scan (or nothing was published yet), or if deferred
+    /// modules are due for another try.
     fn refresh(&mut self) {
         let current = modules::loader_generation();
-        if current.is_some() && current == self.generation {
+        let retry_due = self.retry_at.is_some_and(|at| Instant::now() >= at);
+        if current.is_some() && current == self.generation && !retry_due {
             return;
         }
         let started = Instant::now();
+        let room = crate::profile::admission::room_for_tables()
+            .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
+        let ((set, deferred), _) = scratch::within(room, || self.build_set());
+        DEFERRED.store(deferred, Ordering::Relaxed);
+        self.retry_at =
+            (deferred > 0).then(|| Instant::now() + Duration::from_millis(RETRY_DEFERRED_MS));
+        self.publish(set, current, started);
+    }
+
+    /// The tables of the modules loaded now, building those not known yet,
+    /// and how many were deferred for lack of memory.
+    fn build_set(&mut self) -> (Vec<ModuleTable>, usize) {
         let scan = modules::scan(&|id| {
             self.known.iter().any(|t| t.identity == *id) || self.failed.contains(id)
         });
         let mut set = Vec::with_capacity(scan.modules.len());
+        let mut deferred = 0;
         for module in scan.modules {
             match module {
                 Scanned::Known(id) => set.extend(self.known.iter().find(|t| t.identity == id)),
+                Scanned::Uncopied => deferred += 1,
                 Scanned::New(module) => {
                     let room = MAX_TABLE_BYTES.saturating_sub(table_bytes());
                     let identity = module.identity;
-                    match ModuleTable::build(module, room) {
-                        Some(table) => {
+                    match scratch::watch(|| ModuleTable::build(module, room)) {
+                        (Some(table), _) => {
                             TABLE_BYTES.fetch_add(table.bytes, Ordering::Relaxed);
                             self.known.push(table);
                             set.push(table);
                         }
-                        None => self.failed.push(identity),
+                        (None, true) => deferred += 1,
+                        (None, false) => self.failed.push(identity),
                     }
                 }
             }
         }
+        (set, deferred)
+    }
+
+    /// Publishes `set` as the tables for the loader's `generation`.
+    fn publish(&mut self, mut set: Vec<ModuleTable>, generation: Option<u64>, started: Instant) {
         set.sort_unstable_by_key(ModuleTable::lo);
         let set_bytes = core::mem::size_of_val(set.as_slice()) + core::mem::size_of::<Tables>();
         if table_bytes() + set_bytes > MAX_TABLE_BYTES {
@@ -299,7 +347,7 @@ impl Builder {
         };
         TABLE_BYTES.fetch_add(set_bytes, Ordering::Relaxed);
         self.next_set = self.next_set.wrapping_add(1);
-        self.generation = Some(scan.generation);
+        self.generation = generation;
         PUBLISHED.store(ptr::from_ref(tables).cast_mut(), Ordering::Release);
         BUILD_NS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }

@@ -146,6 +146,11 @@ pub(crate) fn table_fallbacks() -> u64 {
     builder::fallbacks()
 }
 
+/// Modules whose unwind table waits for memory.
+pub(crate) fn tables_deferred() -> usize {
+    builder::deferred()
+}
+
 fn mode() -> u8 {
     let mode = MODE.load(Ordering::Relaxed);
     if mode != UNSET {

@@ -7,8 +7,11 @@
 //! and `.eh_frame` out of the mapped image. The copies are made inside the
 //! `dl_iterate_phdr` callback, where the loader's lock keeps the module
 //! mapped, so building a table from them later (milliseconds) neither holds
-//! that lock nor races a `dlclose`. A module already known by its
-//! [`Identity`] is not copied again.
+//! that lock nor races a `dlclose`. The main program is never unloaded, so
+//! its sections are read where they are mapped, without a copy: in a
+//! service that is one large executable, they are most of the unwind
+//! sections (megabytes). A module already known by its [`Identity`] is not
+//! copied again.
 //!
 //! `dl_iterate_phdr` takes the loader's lock and allocates nothing, but a
 //! scan allocates its copies: it runs on the table builder's thread
@@ -35,25 +38,52 @@ pub(super) struct Identity {
     pub hash: u64,
 }
 
-/// A section copied out of a loaded module, into a mapping of its own
-/// (`alloc::scratch`) that is unmapped once the table is built: the
-/// sections of a large executable are megabytes.
+/// A module's unwind section, as a table build reads it.
 pub(super) struct Section {
     /// Where the section is mapped in this process (its AVMA): pointers
     /// inside it are relative to this address.
     pub address: u64,
-    pub bytes: ScratchVec<u8>,
+    pub bytes: SectionBytes,
+}
+
+/// A section's bytes: the main program's where they are mapped, other
+/// modules' copied into a mapping of their own (`alloc::scratch`) that is
+/// unmapped once the table is built.
+pub(super) enum SectionBytes {
+    Mapped(&'static [u8]),
+    Copied(ScratchVec<u8>),
+}
+
+impl core::ops::Deref for SectionBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            SectionBytes::Mapped(bytes) => bytes,
+            SectionBytes::Copied(copy) => copy,
+        }
+    }
 }
 
 impl Section {
-    /// A copy of `bytes`, mapped at `address`; `None` without memory.
-    fn copy(address: u64, bytes: &[u8]) -> Option<Section> {
-        let mut copy = ScratchVec::new();
-        copy.extend_from_slice(bytes)?;
-        Some(Section {
-            address,
-            bytes: copy,
-        })
+    /// `bytes`, mapped at `address`: read where they are if
+    /// `stays_mapped`, else copied; `None` without memory for the copy.
+    ///
+    /// # Safety
+    /// With `stays_mapped`, `bytes` must stay mapped and unchanged for the
+    /// rest of the process.
+    unsafe fn new(address: u64, bytes: &[u8], stays_mapped: bool) -> Option<Section> {
+        let bytes = if stays_mapped {
+            // SAFETY: the caller's contract: the bytes outlive every use.
+            SectionBytes::Mapped(unsafe {
+                core::slice::from_raw_parts(bytes.as_ptr(), bytes.len())
+            })
+        } else {
+            let mut copy = ScratchVec::new();
+            copy.extend_from_slice(bytes)?;
+            SectionBytes::Copied(copy)
+        };
+        Some(Section { address, bytes })
     }
 }
 
@@ -73,6 +103,9 @@ pub(super) enum Scanned {
     /// Already known (the caller's `known` said so): nothing copied.
     Known(Identity),
     New(Module),
+    /// New, but there was no memory for its copies (`alloc::scratch`'s
+    /// budget or the kernel refused them).
+    Uncopied,
 }
 
 /// The modules loaded at the time of a scan, in the loader's order.
@@ -92,6 +125,7 @@ pub(super) fn scan(known: &dyn Fn(&Identity) -> bool) -> Scan {
             modules: Vec::new(),
             generation: 0,
         },
+        visited: 0,
     };
     // SAFETY: the callback has dl_iterate_phdr's signature and casts `data`
     // back to the ScanState passed here, which outlives the call.
@@ -113,6 +147,9 @@ pub(super) fn loader_generation() -> Option<u64> {
 struct ScanState<'a> {
     known: &'a dyn Fn(&Identity) -> bool,
     scan: Scan,
+    /// Modules the loader has reported so far; the first is the main
+    /// program.
+    visited: usize,
 }
 
 /// Whether `dl_phdr_info` of `size` bytes includes `dlpi_adds`/`dlpi_subs`.
@@ -156,6 +193,10 @@ unsafe extern "C" fn on_module(
     if has_counters(size) {
         state.scan.generation = info.dlpi_adds.wrapping_add(info.dlpi_subs);
     }
+    // dl_iterate_phdr reports the main program first (glibc documents it),
+    // and the main program is never unmapped.
+    let main_program = state.visited == 0;
+    state.visited += 1;
     let bias = info.dlpi_addr;
     let Some(hdr) = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME) else {
         return 0;
@@ -214,12 +255,19 @@ unsafe extern "C" fn on_module(
             .to_string_lossy()
             .into_owned()
     };
-    let (Some(eh_frame_hdr), Some(eh_frame)) = (
-        Section::copy(hdr_range.start, hdr_bytes),
-        Section::copy(eh_frame, eh_frame_bytes),
-    ) else {
-        // No memory for the copies: no table for this module (its frames
-        // go to libgcc).
+    // SAFETY: both lie in this module's loaded segments, which stay mapped
+    // (read-only, never written) for the rest of the process if it is the
+    // main program.
+    let sections = unsafe {
+        (
+            Section::new(hdr_range.start, hdr_bytes, main_program),
+            Section::new(eh_frame, eh_frame_bytes, main_program),
+        )
+    };
+    let (Some(eh_frame_hdr), Some(eh_frame)) = sections else {
+        // No memory for the copies: no table for this module for now (its
+        // frames go to libgcc).
+        state.scan.modules.push(Scanned::Uncopied);
         return 0;
     };
     state.scan.modules.push(Scanned::New(Module {
@@ -293,7 +341,7 @@ mod tests {
             .iter()
             .filter_map(|m| match m {
                 Scanned::New(m) => Some(m),
-                Scanned::Known(_) => None,
+                Scanned::Known(_) | Scanned::Uncopied => None,
             })
             .collect();
         let here = finds_this_executable_and_the_c_library_with_their_unwind_sections as fn()
@@ -307,7 +355,14 @@ mod tests {
             "{}",
             exe.eh_frame.bytes.len()
         );
-        assert!(modules.iter().any(|m| m.name.contains("libc.so")));
+        let libc = modules
+            .iter()
+            .find(|m| m.name.contains("libc.so"))
+            .expect("the C library");
+        // The main program's sections are read in place, a library's copied.
+        assert!(matches!(exe.eh_frame.bytes, SectionBytes::Mapped(_)));
+        assert!(matches!(exe.eh_frame_hdr.bytes, SectionBytes::Mapped(_)));
+        assert!(matches!(libc.eh_frame.bytes, SectionBytes::Copied(_)));
         // Every module's .eh_frame ends at its terminator (or its segment).
         for m in &modules {
             assert_eq!(records_len(&m.eh_frame.bytes), m.eh_frame.bytes.len());

@@ -11,7 +11,7 @@
 //! row, starting at the row's first address (4 bytes): about 8 bytes a row
 //! plus 4 bytes per 256 bytes of code for the page index, built with
 //! `gimli` in about 0.1-0.2 us a row: 36k rows (a small program and its C
-//! library) in 4-7 ms and 310 KiB, libLLVM's 1.44 M rows in 150-180 ms and
+//! library) in 3-7 ms and 340 KiB, libLLVM's 1.44 M rows in 80-110 ms and
 //! 12.4 MiB (BENCHMARKS.md, "Cost of one sample").
 //!
 //! # What a rule expresses
@@ -53,10 +53,19 @@ use gimli::{
 
 use super::modules::{Identity, Module};
 use crate::alloc::pages;
+#[cfg(test)]
+use crate::alloc::scratch;
 use crate::alloc::scratch::ScratchVec;
 
 /// Bytes of code per entry of the page index.
 const PAGE_SHIFT: u32 = 8;
+
+/// Largest table, in bytes, whose three arrays are copied into one
+/// mapping; larger ones keep the mappings they were built in. A copy
+/// saves the partly filled last page of two of them, and the vDSO's
+/// table is a few hundred bytes; not copying keeps a large table from
+/// being mapped twice at once.
+const COPY_UP_TO: usize = 1 << 20;
 
 /// How a row finds the caller's frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,23 +185,45 @@ impl ModuleTable {
     /// take more than `max_bytes`. Allocates: never call it inside the
     /// allocator.
     ///
-    /// Its scratch memory is in mappings of its own (`alloc::scratch`),
-    /// each unmapped as soon as it is used: the module's copied sections
-    /// once its rows are read, the rows (16 bytes each) once merged, the
-    /// merged arrays once copied into the table's own mapping.
+    /// Its memory is in mappings of its own (`alloc::scratch`), counted
+    /// against the thread's scratch budget (`scratch::within`): `None` if
+    /// they do not fit. The rows are read in the order of the module's
+    /// `.eh_frame_hdr` index, which is by address, and merged as they
+    /// come, into the arrays that then become the table (copied into one
+    /// mapping if small): beyond the module's copied sections, a build
+    /// maps little more than the table itself.
+    /// Only a module whose functions overlap needs its rows kept and
+    /// sorted first (16 bytes a row, unmapped once merged).
     pub(super) fn build(module: Module, max_bytes: usize) -> Option<ModuleTable> {
-        let (rows, stats) = rows(&module)?;
+        let (merged, stats) = match in_index_order(&module) {
+            Streamed::Done(merged, stats) => (merged, stats),
+            Streamed::OutOfOrder => sorted(&module)?,
+            Streamed::Failed => return None,
+        };
         drop(module.eh_frame_hdr);
         drop(module.eh_frame);
-        let (lo, span, starts, rules) = merge(rows)?;
+        let (lo, span, starts, rules) = merged.finish()?;
         let pages = page_index(&starts, span)?;
         let words = starts.len() + rules.len() + pages.len();
         if words * size_of::<u32>() > max_bytes {
             return None;
         }
-        let (all, bytes) = pages::leak_concat(&[&starts, &rules, &pages])?;
-        let (starts, rest) = all.split_at(starts.len());
-        let (rules, pages) = rest.split_at(rules.len());
+        let rows = starts.len();
+        let (starts, rules, pages, bytes) = if words * size_of::<u32>() <= COPY_UP_TO {
+            let mut all = ScratchVec::new();
+            all.extend_from_slice(&starts)?;
+            all.extend_from_slice(&rules)?;
+            all.extend_from_slice(&pages)?;
+            let (all, bytes) = all.keep()?;
+            let (starts, rest) = all.split_at(starts.len());
+            let (rules, pages) = rest.split_at(rules.len());
+            (starts, rules, pages, bytes)
+        } else {
+            let (starts, a) = starts.keep()?;
+            let (rules, b) = rules.keep()?;
+            let (pages, c) = pages.keep()?;
+            (starts, rules, pages, a + b + c)
+        };
         Some(ModuleTable {
             name: module.name.leak(),
             identity: module.identity,
@@ -202,10 +233,7 @@ impl ModuleTable {
             rules,
             pages,
             bytes,
-            stats: BuildStats {
-                rows: starts.len(),
-                ..stats
-            },
+            stats: BuildStats { rows, ..stats },
         })
     }
 
@@ -259,9 +287,10 @@ impl Row {
 
 const _: () = assert!(size_of::<Row>() == 16);
 
-/// Every row of `module`'s FDEs, in any order; `None` if there is no
-/// index or no memory for the rows.
-fn rows(module: &Module) -> Option<(ScratchVec<Row>, BuildStats)> {
+/// Calls `each` with every row of `module`'s FDEs, in the order of its
+/// `.eh_frame_hdr` index, until `each` returns `None`. `None` if the
+/// module has no usable index or `each` stopped it.
+fn for_each_row(module: &Module, mut each: impl FnMut(Row) -> Option<()>) -> Option<BuildStats> {
     let bases = BaseAddresses::default()
         .set_eh_frame_hdr(module.eh_frame_hdr.address)
         .set_eh_frame(module.eh_frame.address)
@@ -274,7 +303,6 @@ fn rows(module: &Module) -> Option<(ScratchVec<Row>, BuildStats)> {
     eh_frame.set_address_size(8);
     let mut context = UnwindContext::new();
     let mut stats = BuildStats::default();
-    let mut out = ScratchVec::new();
     let mut fdes = index.iter(&bases);
     while let Ok(Some((_, pointer))) = fdes.next() {
         let fde = index
@@ -306,7 +334,7 @@ fn rows(module: &Module) -> Option<(ScratchVec<Row>, BuildStats)> {
                     let (start, end) = (row.start_address(), row.end_address());
                     match u32::try_from(end.saturating_sub(start)) {
                         Ok(0) => {}
-                        Ok(len) => out.push(Row { start, len, rule })?,
+                        Ok(len) => each(Row { start, len, rule })?,
                         // A row of 4 GiB or more: no table covers it.
                         Err(_) => stats.errors += 1,
                     }
@@ -319,7 +347,45 @@ fn rows(module: &Module) -> Option<(ScratchVec<Row>, BuildStats)> {
             }
         }
     }
-    Some((out, stats))
+    Some(stats)
+}
+
+/// What merging a module's rows in index order came to.
+enum Streamed {
+    Done(Merged, BuildStats),
+    /// A row started before the previous one ended: functions overlap, or
+    /// the index is not sorted. The rows must be sorted first.
+    OutOfOrder,
+    /// No usable index, no memory, or a span of 4 GiB or more.
+    Failed,
+}
+
+/// Merges `module`'s rows as its index gives them, which is by address
+/// unless functions overlap.
+fn in_index_order(module: &Module) -> Streamed {
+    let mut merged: Option<Merged> = None;
+    let mut out_of_order = false;
+    let stats = for_each_row(module, |row| {
+        let merged = merged.get_or_insert_with(|| Merged::new(row.start));
+        if row.start < merged.end {
+            out_of_order = true;
+            return None;
+        }
+        merged.append(row)
+    });
+    match (stats, merged) {
+        (Some(stats), Some(merged)) => Streamed::Done(merged, stats),
+        _ if out_of_order => Streamed::OutOfOrder,
+        _ => Streamed::Failed,
+    }
+}
+
+/// Merges `module`'s rows after sorting them, for modules whose functions
+/// overlap.
+fn sorted(module: &Module) -> Option<(Merged, BuildStats)> {
+    let mut rows = ScratchVec::new();
+    let stats = for_each_row(module, |row| rows.push(row))?;
+    Some((merge(rows)?, stats))
 }
 
 /// The rule of one CFI row.
@@ -355,39 +421,77 @@ fn encode(
     Rule::cfa(from_rbp, offset, slot).unwrap_or(Rule::UNSUPPORTED)
 }
 
-/// Sorts rows into `(lo, span, starts, rules)`: each start relative to
-/// `lo`, a [`Rule::NONE`] row after every gap between functions, runs of
-/// one rule merged. `None` without rows or if they span 4 GiB or more.
-fn merge(mut rows: ScratchVec<Row>) -> Option<(u64, u64, ScratchVec<u32>, ScratchVec<u32>)> {
+/// Sorts `rows` by address and merges them.
+fn merge(mut rows: ScratchVec<Row>) -> Option<Merged> {
     rows.sort_unstable_by_key(|r| (r.start, r.end()));
-    let lo = rows.first()?.start;
-    let hi = rows.iter().map(Row::end).max()?;
-    let span = hi - lo;
-    if span > u64::from(u32::MAX) {
-        return None;
+    let mut merged = Merged::new(rows.first()?.start);
+    for row in rows.iter() {
+        merged.append(*row)?;
     }
-    let mut starts = ScratchVec::<u32>::new();
-    let mut rules = ScratchVec::<u32>::new();
-    let mut push = |start: u64, rule: Rule| -> Option<()> {
-        let start = (start - lo) as u32;
-        match (starts.last(), rules.last_mut()) {
+    Some(merged)
+}
+
+/// Rows merged into a table's `starts` and `rules`: each start relative
+/// to `lo`, a [`Rule::NONE`] row after every gap between functions, runs
+/// of one rule merged into one row.
+struct Merged {
+    lo: u64,
+    /// End of the last row appended.
+    end: u64,
+    /// Largest end of any row appended.
+    hi: u64,
+    starts: ScratchVec<u32>,
+    rules: ScratchVec<u32>,
+}
+
+impl Merged {
+    /// Nothing merged yet; `lo` is the lowest start that will be appended.
+    fn new(lo: u64) -> Merged {
+        Merged {
+            lo,
+            end: lo,
+            hi: lo,
+            starts: ScratchVec::new(),
+            rules: ScratchVec::new(),
+        }
+    }
+
+    /// Appends `row`, which starts at or after every row appended so far.
+    /// `None` without memory or if it starts 4 GiB or more past `lo`.
+    fn append(&mut self, row: Row) -> Option<()> {
+        if !self.starts.is_empty() && row.start > self.end {
+            self.push(self.end, Rule::NONE)?;
+        }
+        self.push(row.start, row.rule)?;
+        self.end = row.end();
+        self.hi = self.hi.max(self.end);
+        Some(())
+    }
+
+    fn push(&mut self, start: u64, rule: Rule) -> Option<()> {
+        let start = u32::try_from(start.checked_sub(self.lo)?).ok()?;
+        match (self.starts.last(), self.rules.last_mut()) {
             (_, Some(last)) if *last == rule.0 => {}
             (Some(&s), Some(last)) if s == start => *last = rule.0,
             _ => {
-                starts.push(start)?;
-                rules.push(rule.0)?;
+                self.starts.push(start)?;
+                self.rules.push(rule.0)?;
             }
         }
         Some(())
-    };
-    for (i, row) in rows.iter().enumerate() {
-        push(row.start, row.rule)?;
-        if rows.get(i + 1).is_none_or(|next| next.start > row.end()) {
-            push(row.end(), Rule::NONE)?;
-        }
     }
-    drop(rows);
-    Some((lo, span, starts, rules))
+
+    /// `(lo, span, starts, rules)`, the last row closed by a
+    /// [`Rule::NONE`] row; `None` without rows or if they span 4 GiB or
+    /// more.
+    fn finish(mut self) -> Option<(u64, u64, ScratchVec<u32>, ScratchVec<u32>)> {
+        if self.starts.is_empty() {
+            return None;
+        }
+        self.push(self.end, Rule::NONE)?;
+        let span = self.hi - self.lo;
+        (span <= u64::from(u32::MAX)).then_some((self.lo, span, self.starts, self.rules))
+    }
 }
 
 /// `pages[p]` = the row covering offset `p << PAGE_SHIFT`, for every page
@@ -452,6 +556,62 @@ impl Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This executable's module and the C library's, freshly copied.
+    fn modules_here() -> Vec<Module> {
+        use super::super::modules::{self, Scanned};
+        let here = modules_here as fn() -> Vec<Module> as usize as u64;
+        let modules: Vec<Module> = modules::scan(&|_| false)
+            .modules
+            .into_iter()
+            .filter_map(|m| match m {
+                Scanned::New(m) if m.text.contains(&here) || m.name.contains("libc.so") => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(modules.len(), 2, "this executable and libc");
+        modules
+    }
+
+    #[test]
+    fn merging_in_index_order_gives_the_table_sorting_gives() {
+        for module in modules_here() {
+            let Streamed::Done(streamed, stats) = in_index_order(&module) else {
+                panic!("{:?}: rows out of order", module.name);
+            };
+            let (sorted, sorted_stats) = sorted(&module).unwrap();
+            assert_eq!(stats, sorted_stats);
+            let (a, b) = (streamed.finish().unwrap(), sorted.finish().unwrap());
+            assert_eq!((a.0, a.1), (b.0, b.1), "{:?}: lo and span", module.name);
+            assert!(*a.2 == *b.2 && *a.3 == *b.3, "{:?}: rows", module.name);
+            assert!(a.2.len() > 1000, "{:?}: {} rows", module.name, a.2.len());
+        }
+    }
+
+    #[test]
+    fn a_build_that_does_not_fit_its_budget_gives_up() {
+        for module in modules_here() {
+            let (table, refused) =
+                scratch::within(Some(16 << 10), || ModuleTable::build(module, usize::MAX));
+            assert!(table.is_none() && refused, "16 KiB is not enough");
+        }
+        for module in modules_here() {
+            let (table, refused) = scratch::within(None, || ModuleTable::build(module, usize::MAX));
+            let table = table.expect("a table without a budget");
+            assert!(!refused);
+            // Streamed, a build maps its table's arrays and, for a small
+            // table, their copy (beyond the copied sections, mapped
+            // before): three times the table is enough.
+            let module = modules_here()
+                .into_iter()
+                .find(|m| m.identity == table.identity)
+                .unwrap();
+            let enough = 3 * table.bytes;
+            let (again, refused) =
+                scratch::within(Some(enough), || ModuleTable::build(module, usize::MAX));
+            assert!(again.is_some() && !refused, "{enough} bytes are enough");
+        }
+    }
 
     #[test]
     fn rules_round_trip_and_reject_what_they_cannot_hold() {
@@ -524,7 +684,7 @@ mod tests {
             let len = (end - start) as u32;
             rows.push(Row { start, len, rule }).unwrap();
         }
-        let (lo, span, starts, rules) = merge(rows).unwrap();
+        let (lo, span, starts, rules) = merge(rows).unwrap().finish().unwrap();
         assert_eq!((lo, span), (0x1000, 0x500));
         assert_eq!(*starts, [0, 1, 0x100, 0x400, 0x401, 0x500]);
         assert_eq!(*rules, [a.0, b.0, 0, b.0, a.0, 0]);

@@ -5,6 +5,7 @@
 //! ```text
 //! stack-check compare
 //! stack-check profile OUT
+//! stack-check tight
 //! ```
 //! - `compare`: captures each shape's stack with the table and with
 //!   libgcc (`heapprof::stack_hooks`) on the main thread, on spawned
@@ -18,6 +19,13 @@
 //!   the same shapes on the main thread and on spawned threads, writes the
 //!   heap profile to OUT and prints `unwinder NAME fallbacks N` (N: samples
 //!   of the workload the table handed to libgcc).
+//! - `tight`: run inside a memory cgroup with a limit, at
+//!   `HEAPPROF_SAMPLE_RATE=0`: fills the cgroup to 5 MiB below its limit
+//!   (outside the allocator), then samples at rate 1, so that the unwind
+//!   tables are built with no room for them, and prints
+//!   `tight deferred D tables T fallbacks F ...`; then frees that memory,
+//!   keeps sampling until the tables are built (at most 30 s), and prints
+//!   `roomy deferred D tables T waited_ms W`.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -304,13 +312,80 @@ fn profile(out: &str) {
     std::fs::write(out, heapprof::snapshot().to_pprof()).expect("write the profile");
 }
 
+/// Allocates and frees a few blocks: at rate 1, samples that want a stack.
+fn sample_a_few() {
+    for i in 0..20u8 {
+        descend(6, &|| {
+            black_box(vec![i; 64]);
+        });
+    }
+}
+
+/// `tight` (see the module docs).
+fn tight() {
+    let (headroom, limit) = heapprof::headroom().expect("a memory cgroup with a limit");
+    // Fill the cgroup to 5 MiB below its limit, inside the margin that
+    // admission keeps free (8 MiB under a 512 MiB limit), so that no unwind
+    // table fits. The ballast is mapped outside the allocator and written
+    // page by page.
+    let bytes = headroom.saturating_sub(5 << 20) as usize;
+    // SAFETY: a fresh private anonymous mapping, checked for failure; no
+    // other code knows its address.
+    let ballast = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(ballast, libc::MAP_FAILED, "mmap {bytes} bytes");
+    // SAFETY: the mapping is `bytes` long and writable.
+    unsafe { std::ptr::write_bytes(ballast.cast::<u8>(), 1, bytes) };
+    heapprof::set_sample_rate(1);
+    sample_a_few();
+    std::thread::sleep(Duration::from_millis(500));
+    sample_a_few();
+    let stats = heapprof::stats();
+    println!(
+        "tight deferred {} tables {} fallbacks {} limit_kib {} headroom_kib {}",
+        stats.unwind_tables_deferred,
+        stats.unwind_table_bytes,
+        stats.unwind_table_fallbacks,
+        limit >> 10,
+        heapprof::headroom().map_or(0, |(h, _)| h >> 10),
+    );
+    // SAFETY: unmaps the ballast mapped above, which nothing refers to.
+    unsafe { libc::munmap(ballast, bytes) };
+    let started = std::time::Instant::now();
+    let stats = loop {
+        sample_a_few();
+        let stats = heapprof::stats();
+        if (stats.unwind_tables_deferred == 0 && stats.unwind_table_bytes > 0)
+            || started.elapsed() > Duration::from_secs(30)
+        {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "roomy deferred {} tables {} waited_ms {}",
+        stats.unwind_tables_deferred,
+        stats.unwind_table_bytes,
+        started.elapsed().as_millis()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("compare") => compare(),
         Some("profile") => profile(args.get(2).expect("profile OUT")),
+        Some("tight") => tight(),
         _ => {
-            eprintln!("usage: stack-check compare | profile OUT");
+            eprintln!("usage: stack-check compare | profile OUT | tight");
             std::process::exit(2);
         }
     }
