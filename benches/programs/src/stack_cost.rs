@@ -31,7 +31,9 @@
 //! build's peak, an upper bound: `VmHWM` counts file pages too).
 //! `stack-cost LEVELS LIBRARY` then loads LIBRARY with `dlopen`, waits for
 //! the rescan and prints `DLOPEN build_ms=.. anon_kept_kib=..
-//! anon_peak_kib=..` (for the rescan) and the library's `MODULE` line.
+//! anon_peak_kib=.. deferred=..` (for the rescan; `deferred`: modules left
+//! without a table for lack of memory, see `heapprof::Stats`) and the
+//! library's `MODULE` line (none if it was deferred).
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -128,9 +130,10 @@ fn load(library: &str, generation: u32, build_ns: u64) {
     let summary = stack_hooks::wait_for_tables(Some(generation), Duration::from_secs(120))
         .expect("tables after dlopen");
     println!(
-        "DLOPEN build_ms={:.2} {}",
+        "DLOPEN build_ms={:.2} {} deferred={}",
         (summary.build_ns - build_ns) as f64 / 1e6,
-        grown_since(before)
+        grown_since(before),
+        heapprof::stats().unwind_tables_deferred
     );
     let file = library.rsplit('/').next().unwrap_or(library);
     summary
