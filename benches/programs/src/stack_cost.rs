@@ -5,8 +5,12 @@
 //! (default 20) calls through ten distinct functions plus `main` and the
 //! runtime's frames, one stack at a time with each unwinder: frame
 //! pointers, heapprof's unwind table (with and without its rule cache),
-//! libgcc's `_Unwind_Backtrace` (what heapprof's `dwarf` uses) and the
-//! backtrace crate's `Backtrace::new_unresolved()`. For each it prints
+//! libgcc's `_Unwind_Backtrace` (what heapprof's `dwarf` uses), the
+//! backtrace crate's `Backtrace::new_unresolved()` and framehop (samply's
+//! unwinder, `framehop_capture.rs`; it prints `FRAMEHOP setup_ms=..
+//! modules=.. anon_kept_kib=.. anon_peak_kib=..` and `FRAMEHOP
+//! same_as_table=N of=M`, how many of its frames are the table's). For
+//! each it prints
 //!
 //! ```text
 //! RESULT method=M state=S p50_ns=X p99_ns=Y frames=F
@@ -43,6 +47,16 @@ use timing::{evict, report, ticks, ticks_per_ns};
 
 #[path = "timing.rs"]
 mod timing;
+
+#[path = "framehop_capture.rs"]
+mod framehop_capture;
+
+thread_local! {
+    /// framehop's unwinder and cache for the main thread (`main` sets it
+    /// up once the unwind tables are built).
+    static FRAMEHOP: std::cell::RefCell<Option<framehop_capture::Framehop>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 type Step = fn(u32, u32, &mut dyn FnMut());
 
@@ -82,6 +96,7 @@ steps!(
 enum Unwinder {
     Hook(Method),
     NewUnresolved,
+    Framehop,
 }
 
 impl Unwinder {
@@ -92,6 +107,7 @@ impl Unwinder {
             Unwinder::Hook(Method::TableUncached) => "table-no-rule-cache",
             Unwinder::Hook(Method::Libgcc) => "libgcc",
             Unwinder::NewUnresolved => "backtrace-new-unresolved",
+            Unwinder::Framehop => "framehop",
         }
     }
 
@@ -103,6 +119,9 @@ impl Unwinder {
             Unwinder::NewUnresolved => black_box(backtrace::Backtrace::new_unresolved())
                 .frames()
                 .len(),
+            Unwinder::Framehop => {
+                FRAMEHOP.with_borrow_mut(|f| f.as_mut().expect("framehop set up").capture(buf))
+            }
         }
     }
 }
@@ -117,6 +136,23 @@ fn print_module(m: &stack_hooks::ModuleSummary) {
         "MODULE name={name} fdes={} rows={} unsupported_rows={} bytes={}",
         m.fdes, m.rows, m.unsupported_rows, m.bytes
     );
+}
+
+/// `same_as_table=N of=M`: how many of framehop's frames, outermost
+/// first, are the table's (the innermost one or two are each unwinder's
+/// own capture function).
+#[inline(never)]
+fn same_frames() -> String {
+    let (mut table, mut framehop) = (vec![0usize; 256], vec![0usize; 256]);
+    let t = Unwinder::Hook(Method::Table).capture(&mut table);
+    let f = Unwinder::Framehop.capture(&mut framehop);
+    let same = table[..t]
+        .iter()
+        .rev()
+        .zip(framehop[..f].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    format!("same_as_table={same} of={f}")
 }
 
 /// Loads `library` and reports what the rescan built for it.
@@ -175,6 +211,15 @@ fn main() {
         grown_since(before)
     );
     summary.modules.iter().for_each(print_module);
+    let before = memory();
+    let framehop = framehop_capture::Framehop::new();
+    println!(
+        "FRAMEHOP setup_ms={:.2} modules={} {}",
+        framehop.setup_ns as f64 / 1e6,
+        framehop.modules,
+        grown_since(before)
+    );
+    FRAMEHOP.set(Some(framehop));
     let per_ns = ticks_per_ns();
     let mut all = vec![0u8; 64 << 20];
     let mut l2 = vec![0u8; 4 << 20];
@@ -184,6 +229,7 @@ fn main() {
         Unwinder::Hook(Method::TableUncached),
         Unwinder::Hook(Method::Libgcc),
         Unwinder::NewUnresolved,
+        Unwinder::Framehop,
     ];
     let mut buf = vec![0usize; 256];
     let mut bottom = || {
@@ -208,6 +254,8 @@ fn main() {
                 report(unwinder.name(), state, evicted, frames);
             }
         }
+        // After the timings, so that no unwinder's first capture is warmed.
+        println!("FRAMEHOP {}", same_frames());
     };
     STEPS[0](1_234_567, levels, &mut bottom);
     if let Some(library) = args.get(2) {
