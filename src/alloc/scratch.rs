@@ -5,12 +5,12 @@
 //! proportion to its CFI rows: copies of a library's unwind sections and
 //! the arrays that become its table (libLLVM: 28 MiB of `VmHWM`, file
 //! pages included; BENCHMARKS.md, "Cost of one sample"). On the heap, the
-//! allocator keeps
-//! those pages once they are freed. jemalloc gives them back only after its
-//! decay time, and only when the same arena is busy again, so an idle
-//! service carried them for good. [`ScratchVec`] gives its pages back to
-//! the kernel when it is dropped, and it grows with `mremap`, so growing
-//! never holds two copies.
+//! allocator keeps those pages once they are freed. jemalloc gives them
+//! back only after its decay time, and only when the same arena is busy
+//! again, so an idle service carried them for good. [`ScratchVec`] gives
+//! its pages back to the kernel when it is dropped, grows with `mremap`,
+//! so growing never holds two copies, and can be kept as a table
+//! ([`ScratchVec::keep`]) without a copy.
 //!
 //! # The budget
 //!

@@ -191,9 +191,9 @@ impl ModuleTable {
     /// `.eh_frame_hdr` index, which is by address, and merged as they
     /// come, into the arrays that then become the table (copied into one
     /// mapping if small): beyond the module's copied sections, a build
-    /// maps little more than the table itself.
-    /// Only a module whose functions overlap needs its rows kept and
-    /// sorted first (16 bytes a row, unmapped once merged).
+    /// maps little more than the table itself. Only a module whose
+    /// functions overlap needs its rows kept and sorted first (16 bytes a
+    /// row, unmapped once merged).
     pub(super) fn build(module: Module, max_bytes: usize) -> Option<ModuleTable> {
         let (merged, stats) = match in_index_order(&module) {
             Streamed::Done(merged, stats) => (merged, stats),
