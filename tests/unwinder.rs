@@ -310,9 +310,16 @@ fn a_table_that_does_not_fit_the_memory_cgroup_waits_for_room() {
             .map(|(k, v)| (k, v.parse().unwrap()))
             .collect()
     };
-    let (tight, roomy) = (line("tight"), line("roomy"));
+    let (tight, still, roomy) = (line("tight"), line("still"), line("roomy"));
     assert!(tight["deferred"] > 0, "{stdout}");
     assert!(tight["fallbacks"] > 0, "libgcc took the frames: {stdout}");
+    // The retry while memory was still short built and published nothing.
+    assert_eq!(still["deferred"], tight["deferred"], "{stdout}");
+    assert_eq!(
+        still["generation_before"], still["generation_after"],
+        "{stdout}"
+    );
+    assert_eq!(still["tables_before"], still["tables_after"], "{stdout}");
     assert_eq!(roomy["deferred"], 0, "{stdout}");
     assert!(roomy["tables"] > 0, "{stdout}");
     assert_eq!(cg.oom_kills(), 0, "{stdout}");

@@ -59,8 +59,8 @@ pub(crate) fn watch<R>(f: impl FnOnce() -> R) -> (R, bool) {
     (result, refused)
 }
 
-/// Bytes the budget has left.
-fn left() -> usize {
+/// Bytes the budget in force has left.
+pub(crate) fn left() -> usize {
     BUDGET.get().saturating_sub(MAPPED.get())
 }
 

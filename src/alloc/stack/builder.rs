@@ -48,7 +48,11 @@
 //! cgroup's headroom less its margin and the reservations of profile
 //! builds). A module that does not fit is *deferred*: its frames go to
 //! libgcc, [`deferred`] counts it, and it is tried again every
-//! [`RETRY_DEFERRED_MS`] until it fits.
+//! [`RETRY_DEFERRED_MS`] until it fits. A try that the room cannot
+//! satisfy is not made: a deferred module remembers the room it was
+//! refused with, less than it needs, and is neither copied nor built
+//! again until a refresh has more. A retry that builds nothing publishes
+//! nothing (published sets are never freed, see above).
 //!
 //! # fork
 //!
@@ -269,6 +273,8 @@ struct Builder {
     generation: Option<u64>,
     /// When to try the modules deferred for lack of memory again.
     retry_at: Option<Instant>,
+    /// The modules deferred, each with bytes it needs more than.
+    deferred: Vec<(modules::Identity, usize)>,
     next_set: u32,
 }
 
@@ -282,6 +288,7 @@ impl Builder {
             failed: Vec::new(),
             generation: None,
             retry_at: None,
+            deferred: Vec::new(),
             next_set: set.map_or(0, |s| s.generation.wrapping_add(1)),
         }
     }
@@ -298,41 +305,70 @@ impl Builder {
         let started = Instant::now();
         let room = crate::profile::admission::room_for_tables()
             .map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX));
-        let ((set, deferred), _) = scratch::within(room, || self.build_set());
-        DEFERRED.store(deferred, Ordering::Relaxed);
-        self.retry_at =
-            (deferred > 0).then(|| Instant::now() + Duration::from_millis(RETRY_DEFERRED_MS));
+        let (set, _) = scratch::within(room, || self.build_set(room.unwrap_or(usize::MAX)));
+        DEFERRED.store(self.deferred.len(), Ordering::Relaxed);
+        self.retry_at = (!self.deferred.is_empty())
+            .then(|| Instant::now() + Duration::from_millis(RETRY_DEFERRED_MS));
+        // A retry (the loader's counters unchanged) that built nothing
+        // publishes nothing: every published set stays mapped for good.
+        let retry = current.is_some() && current == self.generation;
+        if retry && self.unchanged(&set) {
+            return;
+        }
         self.publish(set, current, started);
     }
 
-    /// The tables of the modules loaded now, building those not known yet,
-    /// and how many were deferred for lack of memory.
-    fn build_set(&mut self) -> (Vec<ModuleTable>, usize) {
+    /// Whether `set` holds the modules of the published set.
+    fn unchanged(&self, set: &[ModuleTable]) -> bool {
+        // SAFETY: as in `published`: null or a never-freed Tables.
+        let current = unsafe { PUBLISHED.load(Ordering::Acquire).as_ref() };
+        current.is_some_and(|c| {
+            c.modules.len() == set.len()
+                && c.modules
+                    .iter()
+                    .all(|m| set.iter().any(|s| s.identity == m.identity))
+        })
+    }
+
+    /// The tables of the modules loaded now, building those not known yet
+    /// (and not deferred with more `room` than there is now); updates
+    /// the deferred modules.
+    fn build_set(&mut self, room: usize) -> Vec<ModuleTable> {
         let scan = modules::scan(&|id| {
-            self.known.iter().any(|t| t.identity == *id) || self.failed.contains(id)
+            self.known.iter().any(|t| t.identity == *id)
+                || self.failed.contains(id)
+                || self
+                    .deferred
+                    .iter()
+                    .any(|(d, needs)| d == id && room <= *needs)
         });
         let mut set = Vec::with_capacity(scan.modules.len());
-        let mut deferred = 0;
+        let mut deferred = Vec::new();
         for module in scan.modules {
             match module {
-                Scanned::Known(id) => set.extend(self.known.iter().find(|t| t.identity == id)),
-                Scanned::Uncopied => deferred += 1,
+                Scanned::Known(id) => match self.known.iter().find(|t| t.identity == id) {
+                    Some(table) => set.push(*table),
+                    None => deferred.extend(self.deferred.iter().find(|(d, _)| *d == id)),
+                },
+                Scanned::Uncopied(id, copies) => deferred.push((id, copies)),
                 Scanned::New(module) => {
-                    let room = MAX_TABLE_BYTES.saturating_sub(table_bytes());
-                    let identity = module.identity;
-                    match scratch::watch(|| ModuleTable::build(module, room)) {
+                    let max_bytes = MAX_TABLE_BYTES.saturating_sub(table_bytes());
+                    let (identity, had) =
+                        (module.identity, module.copied_bytes() + scratch::left());
+                    match scratch::watch(|| ModuleTable::build(module, max_bytes)) {
                         (Some(table), _) => {
                             TABLE_BYTES.fetch_add(table.bytes, Ordering::Relaxed);
                             self.known.push(table);
                             set.push(table);
                         }
-                        (None, true) => deferred += 1,
+                        (None, true) => deferred.push((identity, had)),
                         (None, false) => self.failed.push(identity),
                     }
                 }
             }
         }
-        (set, deferred)
+        self.deferred = deferred;
+        set
     }
 
     /// Publishes `set` as the tables for the loader's `generation`.

@@ -65,6 +65,20 @@ impl core::ops::Deref for SectionBytes {
     }
 }
 
+impl Module {
+    /// Bytes of its sections that were copied (0 for the main program's,
+    /// read in place).
+    pub(super) fn copied_bytes(&self) -> usize {
+        [&self.eh_frame_hdr, &self.eh_frame]
+            .iter()
+            .map(|s| match &s.bytes {
+                SectionBytes::Mapped(_) => 0,
+                SectionBytes::Copied(copy) => copy.len(),
+            })
+            .sum()
+    }
+}
+
 impl Section {
     /// `bytes`, mapped at `address`: read where they are if
     /// `stays_mapped`, else copied; `None` without memory for the copy.
@@ -104,8 +118,8 @@ pub(super) enum Scanned {
     Known(Identity),
     New(Module),
     /// New, but there was no memory for its copies (`alloc::scratch`'s
-    /// budget or the kernel refused them).
-    Uncopied,
+    /// budget or the kernel refused them), which take this many bytes.
+    Uncopied(Identity, usize),
 }
 
 /// The modules loaded at the time of a scan, in the loader's order.
@@ -267,7 +281,8 @@ unsafe extern "C" fn on_module(
     let (Some(eh_frame_hdr), Some(eh_frame)) = sections else {
         // No memory for the copies: no table for this module for now (its
         // frames go to libgcc).
-        state.scan.modules.push(Scanned::Uncopied);
+        let bytes = hdr_bytes.len() + eh_frame_bytes.len();
+        state.scan.modules.push(Scanned::Uncopied(identity, bytes));
         return 0;
     };
     state.scan.modules.push(Scanned::New(Module {
@@ -341,7 +356,7 @@ mod tests {
             .iter()
             .filter_map(|m| match m {
                 Scanned::New(m) => Some(m),
-                Scanned::Known(_) | Scanned::Uncopied => None,
+                Scanned::Known(_) | Scanned::Uncopied(..) => None,
             })
             .collect();
         let here = finds_this_executable_and_the_c_library_with_their_unwind_sections as fn()

@@ -23,9 +23,10 @@
 //!   `HEAPPROF_SAMPLE_RATE=0`: fills the cgroup to 5 MiB below its limit
 //!   (outside the allocator), then samples at rate 1, so that the unwind
 //!   tables are built with no room for them, and prints
-//!   `tight deferred D tables T fallbacks F ...`; then frees that memory,
-//!   keeps sampling until the tables are built (at most 30 s), and prints
-//!   `roomy deferred D tables T waited_ms W`.
+//!   `tight deferred D tables T fallbacks F ...`; keeps sampling 11 s (one
+//!   retry) and prints `still deferred D generation_before G ...`; then
+//!   frees that memory, keeps sampling until the tables are built (at most
+//!   30 s), and prints `roomy deferred D tables T waited_ms W`.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -356,6 +357,25 @@ fn tight() {
         stats.unwind_table_fallbacks,
         limit >> 10,
         heapprof::headroom().map_or(0, |(h, _)| h >> 10),
+    );
+    // A retry while memory is still short builds nothing, copies nothing
+    // and publishes no new set (every set stays mapped for good).
+    let generation =
+        || stack_hooks::wait_for_tables(None, Duration::from_secs(1)).map_or(0, |t| t.generation);
+    let before = (generation(), heapprof::stats().unwind_table_bytes);
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < Duration::from_secs(11) {
+        sample_a_few();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = heapprof::stats();
+    println!(
+        "still deferred {} generation_before {} generation_after {} tables_before {} tables_after {}",
+        stats.unwind_tables_deferred,
+        before.0,
+        generation(),
+        before.1,
+        stats.unwind_table_bytes,
     );
     // SAFETY: unmaps the ballast mapped above, which nothing refers to.
     unsafe { libc::munmap(ballast, bytes) };
