@@ -353,8 +353,10 @@ impl Builder {
                 Scanned::Uncopied(id, copies) => deferred.push((id, copies)),
                 Scanned::New(module) => {
                     let max_bytes = MAX_TABLE_BYTES.saturating_sub(table_bytes());
-                    let (identity, had) =
-                        (module.identity, module.copied_bytes() + scratch::left());
+                    let (identity, had) = (
+                        module.identity,
+                        module.copied_bytes().saturating_add(scratch::left()),
+                    );
                     match scratch::watch(|| ModuleTable::build(module, max_bytes)) {
                         (Some(table), _) => {
                             TABLE_BYTES.fetch_add(table.bytes, Ordering::Relaxed);
