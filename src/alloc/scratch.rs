@@ -2,9 +2,9 @@
 //! when dropped, within a budget.
 //!
 //! Building a module's unwind table (`stack::table`) takes memory in
-//! proportion to its CFI rows: copies of a library's unwind sections and
-//! the arrays that become its table (libLLVM: 28 MiB of `VmHWM`, file
-//! pages included; BENCHMARKS.md, "Cost of one sample"). On the heap, the
+//! proportion to its CFI rows: the arrays that become its table, and
+//! copies of the unwind sections of a module that cannot be read from its
+//! file (BENCHMARKS.md, "Cost of one sample"). On the heap, the
 //! allocator keeps those pages once they are freed. jemalloc gives them
 //! back only after its decay time, and only when the same arena is busy
 //! again, so an idle service carried them for good. [`ScratchVec`] gives

@@ -16,6 +16,7 @@ pub mod discovery;
 pub mod files;
 pub mod fs;
 pub mod glibc;
+pub(crate) mod mapped_file;
 pub mod maps;
 pub mod partition;
 pub mod procfs;

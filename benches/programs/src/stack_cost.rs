@@ -35,7 +35,9 @@
 //! build's peak, an upper bound: `VmHWM` counts file pages too).
 //! `stack-cost LEVELS LIBRARY` then loads LIBRARY with `dlopen`, waits for
 //! the rescan and prints `DLOPEN build_ms=.. anon_kept_kib=..
-//! anon_peak_kib=.. deferred=..` (for the rescan; `deferred`: modules left
+//! anon_peak_kib=.. rss_anon_peak_kib=.. deferred=..` (for the rescan;
+//! `rss_anon_peak_kib`: the rise of `RssAnon`, read every millisecond
+//! while it runs; `deferred`: modules left
 //! without a table for lack of memory, see `heapprof::Stats`) and the
 //! library's `MODULE` line (none if it was deferred).
 
@@ -163,12 +165,28 @@ fn load(library: &str, generation: u32, build_ns: u64) {
     let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
     assert!(!handle.is_null(), "dlopen {library} failed");
     let before = memory();
-    let summary = stack_hooks::wait_for_tables(Some(generation), Duration::from_secs(120))
-        .expect("tables after dlopen");
+    // RssAnon read every millisecond while the rescan runs: VmHWM counts
+    // the file pages the build reads too.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (summary, anon_peak) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(memory().0);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        });
+        let summary = stack_hooks::wait_for_tables(Some(generation), Duration::from_secs(120));
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (summary, sampler.join().unwrap())
+    });
+    let summary = summary.expect("tables after dlopen");
     println!(
-        "DLOPEN build_ms={:.2} {} deferred={}",
+        "DLOPEN build_ms={:.2} {} rss_anon_peak_kib={} deferred={}",
         (summary.build_ns - build_ns) as f64 / 1e6,
         grown_since(before),
+        anon_peak.saturating_sub(before.0) / 1024,
         heapprof::stats().unwind_tables_deferred
     );
     let file = library.rsplit('/').next().unwrap_or(library);

@@ -50,6 +50,7 @@ use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 mod bounds;
 mod builder;
 mod dwarf;
+mod file_view;
 mod frame_pointer;
 #[doc(hidden)]
 pub mod hooks;

@@ -1,27 +1,33 @@
 //! The loaded modules (the executable, shared libraries, the vDSO) and
-//! their unwind sections, read from memory with `dl_iterate_phdr`: no file
-//! I/O, and no debug info needed, only what the loader maps.
+//! their unwind sections, found with `dl_iterate_phdr`: no debug info
+//! needed, only what the loader maps.
 //!
 //! For each module with a `PT_GNU_EH_FRAME` segment (`.eh_frame_hdr`), a
-//! scan records the executable `PT_LOAD` span and copies `.eh_frame_hdr`
-//! and `.eh_frame` out of the mapped image. The copies are made inside the
-//! `dl_iterate_phdr` callback, where the loader's lock keeps the module
-//! mapped, so building a table from them later (milliseconds) neither holds
-//! that lock nor races a `dlclose`. The main program is never unloaded, so
-//! its sections are read where they are mapped, without a copy: in a
-//! service that is one large executable, they are most of the unwind
-//! sections (megabytes). A module already known by its [`Identity`] is not
-//! copied again.
+//! scan records the executable `PT_LOAD` span and secures `.eh_frame_hdr`
+//! and `.eh_frame` for a table build that runs later (milliseconds), when
+//! the loader's lock no longer keeps the module mapped, so a `dlclose`
+//! could unmap it:
+//! - the main program is never unloaded: its sections are read where they
+//!   are mapped. In a service that is one large executable, they are most
+//!   of the unwind sections (megabytes);
+//! - a library is mapped again from its file, read-only, if the file still
+//!   holds exactly the loaded bytes (`file_view`): page-cache pages, which
+//!   the loader's mapping shares, rather than anonymous memory;
+//! - anything else (the vDSO, a file since replaced) is copied, inside the
+//!   callback, where the loader's lock keeps it mapped.
+//!
+//! A module already known by its [`Identity`] is not read again.
 //!
 //! `dl_iterate_phdr` takes the loader's lock and allocates nothing, but a
-//! scan allocates its copies: it runs on the table builder's thread
-//! (`builder`), never inside an allocation.
+//! scan allocates, opens files and maps them: it runs on the table
+//! builder's thread (`builder`), never inside an allocation.
 
 use core::ffi::{CStr, c_int, c_void};
 use core::ops::Range;
 
 use gimli::{BaseAddresses, EhFrameHdr, LittleEndian, Pointer};
 
+use super::file_view::FileView;
 use crate::alloc::scratch::ScratchVec;
 
 /// What makes two scans' modules the same for unwinding: a module with an
@@ -46,11 +52,13 @@ pub(super) struct Section {
     pub bytes: SectionBytes,
 }
 
-/// A section's bytes: the main program's where they are mapped, other
-/// modules' copied into a mapping of their own (`alloc::scratch`) that is
-/// unmapped once the table is built.
+/// A section's bytes: the main program's where they are mapped; a
+/// library's mapped again from its file (`file_view`), or if that fails
+/// copied into a mapping of its own (`alloc::scratch`); either is unmapped
+/// once the table is built.
 pub(super) enum SectionBytes {
     Mapped(&'static [u8]),
+    File(FileView),
     Copied(ScratchVec<u8>),
 }
 
@@ -60,6 +68,7 @@ impl core::ops::Deref for SectionBytes {
     fn deref(&self) -> &[u8] {
         match self {
             SectionBytes::Mapped(bytes) => bytes,
+            SectionBytes::File(view) => view,
             SectionBytes::Copied(copy) => copy,
         }
     }
@@ -72,7 +81,7 @@ impl Module {
         [&self.eh_frame_hdr, &self.eh_frame]
             .iter()
             .map(|s| match &s.bytes {
-                SectionBytes::Mapped(_) => 0,
+                SectionBytes::Mapped(_) | SectionBytes::File(_) => 0,
                 SectionBytes::Copied(copy) => copy.len(),
             })
             .sum()
@@ -80,25 +89,54 @@ impl Module {
 }
 
 impl Section {
-    /// `bytes`, mapped at `address`: read where they are if
-    /// `stays_mapped`, else copied; `None` without memory for the copy.
+    /// `bytes`, mapped at `address`: read where they are if `source` says
+    /// they stay mapped, else mapped again from the module's file if it
+    /// has them, else copied; `None` without memory for the copy.
     ///
     /// # Safety
-    /// With `stays_mapped`, `bytes` must stay mapped and unchanged for the
-    /// rest of the process.
-    unsafe fn new(address: u64, bytes: &[u8], stays_mapped: bool) -> Option<Section> {
-        let bytes = if stays_mapped {
+    /// With [`Source::StaysMapped`], `bytes` must stay mapped and unchanged
+    /// for the rest of the process.
+    unsafe fn new(address: u64, bytes: &[u8], source: Source) -> Option<Section> {
+        let bytes = match source {
             // SAFETY: the caller's contract: the bytes outlive every use.
-            SectionBytes::Mapped(unsafe {
+            Source::StaysMapped => SectionBytes::Mapped(unsafe {
                 core::slice::from_raw_parts(bytes.as_ptr(), bytes.len())
-            })
-        } else {
-            let mut copy = ScratchVec::new();
-            copy.extend_from_slice(bytes)?;
-            SectionBytes::Copied(copy)
+            }),
+            Source::File(path, offset) if let Some(view) = FileView::of(path, offset, bytes) => {
+                SectionBytes::File(view)
+            }
+            _ => {
+                let mut copy = ScratchVec::new();
+                copy.extend_from_slice(bytes)?;
+                SectionBytes::Copied(copy)
+            }
         };
         Some(Section { address, bytes })
     }
+}
+
+/// Where a section's bytes can be read from once the loader's lock is
+/// released.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// The loaded image itself: the main program, never unloaded.
+    StaysMapped,
+    /// The module's file (its path, and the section's offset in it).
+    File(&'a CStr, u64),
+    /// Nowhere: copy it.
+    Copy,
+}
+
+/// Where `range` (addresses of a module loaded at `bias`) is in the
+/// module's file: the offset of its first byte, if one `PT_LOAD` segment
+/// holds all of it from the file (not zero-filled memory).
+fn file_offset(phdrs: &[libc::Elf64_Phdr], bias: u64, range: &Range<u64>) -> Option<u64> {
+    let (start, end) = (range.start.checked_sub(bias)?, range.end.checked_sub(bias)?);
+    phdrs
+        .iter()
+        .filter(|p| p.p_type == libc::PT_LOAD)
+        .find(|p| p.p_vaddr <= start && p.p_vaddr.checked_add(p.p_filesz).is_some_and(|e| end <= e))
+        .and_then(|p| p.p_offset.checked_add(start - p.p_vaddr))
 }
 
 /// A module whose unwind sections were copied.
@@ -269,13 +307,25 @@ unsafe extern "C" fn on_module(
             .to_string_lossy()
             .into_owned()
     };
+    // A library loaded from a file (the loader names it by its path) is
+    // read again from the file; others (the vDSO) are copied.
+    // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the
+    // loader, valid during the callback.
+    let path = (!info.dlpi_name.is_null()).then(|| unsafe { CStr::from_ptr(info.dlpi_name) });
+    let eh_frame_range = eh_frame..eh_frame + eh_frame_bytes.len() as u64;
+    let source = |range: &Range<u64>| match path {
+        _ if main_program => Source::StaysMapped,
+        Some(path) if path.to_bytes().starts_with(b"/") => file_offset(phdrs, bias, range)
+            .map_or(Source::Copy, |offset| Source::File(path, offset)),
+        _ => Source::Copy,
+    };
     // SAFETY: both lie in this module's loaded segments, which stay mapped
     // (read-only, never written) for the rest of the process if it is the
     // main program.
     let sections = unsafe {
         (
-            Section::new(hdr_range.start, hdr_bytes, main_program),
-            Section::new(eh_frame, eh_frame_bytes, main_program),
+            Section::new(hdr_range.start, hdr_bytes, source(&hdr_range)),
+            Section::new(eh_frame, eh_frame_bytes, source(&eh_frame_range)),
         )
     };
     let (Some(eh_frame_hdr), Some(eh_frame)) = sections else {
@@ -374,10 +424,17 @@ mod tests {
             .iter()
             .find(|m| m.name.contains("libc.so"))
             .expect("the C library");
-        // The main program's sections are read in place, a library's copied.
+        // The main program's sections are read in place, a library's from
+        // its file, the vDSO's (no file) copied.
         assert!(matches!(exe.eh_frame.bytes, SectionBytes::Mapped(_)));
         assert!(matches!(exe.eh_frame_hdr.bytes, SectionBytes::Mapped(_)));
-        assert!(matches!(libc.eh_frame.bytes, SectionBytes::Copied(_)));
+        assert!(matches!(libc.eh_frame.bytes, SectionBytes::File(_)));
+        assert!(matches!(libc.eh_frame_hdr.bytes, SectionBytes::File(_)));
+        let vdso = modules
+            .iter()
+            .find(|m| m.name.contains("vdso"))
+            .expect("the vDSO");
+        assert!(matches!(vdso.eh_frame.bytes, SectionBytes::Copied(_)));
         // Every module's .eh_frame ends at its terminator (or its segment).
         for m in &modules {
             assert_eq!(records_len(&m.eh_frame.bytes), m.eh_frame.bytes.len());

@@ -12,53 +12,37 @@ use std::os::fd::AsRawFd;
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionFlags, SymbolKind};
 
+use crate::sys::mapped_file::MappedRange;
+
 /// A read-only private mapping of a whole file.
 struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
+    /// `None` only while dropping.
+    range: Option<MappedRange>,
     file: File,
 }
 
 impl Mapping {
     fn of(file: File) -> Option<Mapping> {
         let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
-        if len == 0 {
-            return None;
-        }
-        // SAFETY: a fresh read-only private mapping of an open file with no
-        // address hint; the result is checked against MAP_FAILED.
-        let ptr = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        (ptr != libc::MAP_FAILED).then_some(Mapping { ptr, len, file })
+        let range = MappedRange::new(file.as_raw_fd(), 0, len)?;
+        Some(Mapping {
+            range: Some(range),
+            file,
+        })
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: `len` readable bytes are mapped at `ptr` until drop, and
-        // the mapping is private, so no one writes to them meanwhile (a
-        // file truncated under us would make reads fault, which a binary
-        // being symbolized while it runs does not do).
-        unsafe { core::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+        self.range.as_ref().map_or(&[], MappedRange::bytes)
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `of` mapped; nothing borrows it any
-        // more (`Image` drops its parsed views first). Then advises the
-        // kernel about the open file (a hint; clean pages still mapped
-        // elsewhere are kept).
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-            libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
-        }
+        // Unmapped first, so that the advice below can drop its pages.
+        drop(self.range.take());
+        // SAFETY: advises the kernel about an open file (a hint; clean
+        // pages still mapped elsewhere are kept).
+        unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     }
 }
 
