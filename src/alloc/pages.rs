@@ -7,7 +7,8 @@
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// Bytes mapped by [`map_zeroed`] so far (never unmapped).
+/// Bytes mapped by [`map_zeroed`] or handed over with [`adopt`] so far
+/// (never unmapped).
 static MAPPED: AtomicUsize = AtomicUsize::new(0);
 
 /// Mappings remembered. The site table maps one index, at most 32
@@ -43,6 +44,14 @@ pub(crate) fn map_anonymous(bytes: usize) -> Option<*mut u8> {
 /// own memory; `None` if the kernel refuses.
 pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
     let p = map_anonymous(bytes)?;
+    adopt(p, bytes);
+    Some(p)
+}
+
+/// Counts the mapping of `bytes` at `p`, which the caller made and keeps
+/// for the rest of the process, in the profiler's own memory, and
+/// remembers it among [`ranges`].
+pub(crate) fn adopt(p: *mut u8, bytes: usize) {
     MAPPED.fetch_add(bytes, Ordering::Relaxed);
     let slot = RANGES_CLAIMED.fetch_add(1, Ordering::Relaxed);
     if let Some((start, len)) = RANGES.get(slot) {
@@ -50,7 +59,6 @@ pub(crate) fn map_zeroed(bytes: usize) -> Option<*mut u8> {
         // Published last: a reader that sees the address sees the length.
         start.store(p as usize, Ordering::Release);
     }
-    Some(p.cast())
 }
 
 /// Calls `f(address, bytes)` for each remembered mapping.

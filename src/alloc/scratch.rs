@@ -157,10 +157,11 @@ impl<T: Copy> ScratchVec<T> {
 
 impl<T: Copy> ScratchVec<T> {
     /// Keeps the elements for the rest of the process: the mapping is
-    /// shrunk to the pages they fill and never unmapped. Returns them and
-    /// the bytes that stay mapped, which stay counted against the budget
-    /// too (they are memory the build took). `None` if the kernel refused
-    /// the shrink (it does not).
+    /// shrunk to the pages they fill and never unmapped, and counts from
+    /// then on as the profiler's own memory (`pages::adopt`). Returns them
+    /// and the bytes that stay mapped, which stay counted against the
+    /// budget too (they are memory the build took). `None` if the kernel
+    /// refused the shrink (it does not).
     pub(crate) fn keep(self) -> Option<(&'static [T], usize)> {
         let this = core::mem::ManuallyDrop::new(self);
         let size = size_of::<T>();
@@ -180,6 +181,9 @@ impl<T: Copy> ScratchVec<T> {
                 return None;
             }
             MAPPED.set(MAPPED.get() - (old - bytes));
+        }
+        if bytes != 0 {
+            super::pages::adopt(this.ptr.as_ptr().cast(), bytes);
         }
         // SAFETY: the first `len` elements are initialised and stay mapped
         // for the rest of the process; with `len` 0 the pointer is
@@ -276,9 +280,17 @@ mod tests {
         }
         assert_eq!(v.cap * 4, 16 << 10);
         assert_eq!(MAPPED.get(), 16 << 10);
+        let own_before = super::super::pages::mapped_bytes();
         let (kept, bytes) = v.keep().unwrap();
         assert_eq!((kept.len(), kept[2999], bytes), (3000, 2999, 12 << 10));
         assert_eq!(MAPPED.get(), 12 << 10, "the kept pages stay counted");
+        // And they are the profiler's own memory from then on.
+        assert!(super::super::pages::mapped_bytes() - own_before >= 12 << 10);
+        let mut remembered = false;
+        super::super::pages::ranges(|start, len| {
+            remembered |= start == kept.as_ptr() as usize && len == 12 << 10;
+        });
+        assert!(remembered, "among the profiler's own ranges");
         let (empty, bytes) = ScratchVec::<u32>::new().keep().unwrap();
         assert!(empty.is_empty() && bytes == 0);
         let mut unused = ScratchVec::<u32>::new();
