@@ -81,28 +81,17 @@ pub(crate) fn mapped_bytes() -> usize {
 /// data read without locks for the rest of the process (unwind tables).
 /// Returns the copy and the bytes mapped; `None` if the kernel refuses.
 pub(crate) fn leak_copy<T: Copy>(items: &[T]) -> Option<(&'static [T], usize)> {
-    leak_concat(&[items])
-}
-
-/// [`leak_copy`] of the concatenation of `parts`, without a copy of the
-/// whole in between.
-pub(crate) fn leak_concat<T: Copy>(parts: &[&[T]]) -> Option<(&'static [T], usize)> {
-    let len = parts.iter().map(|p| p.len()).sum::<usize>();
-    if len == 0 {
+    if items.is_empty() {
         return Some((&[], 0));
     }
     const { assert!(core::mem::align_of::<T>() <= 4096) };
-    let bytes = len.checked_mul(core::mem::size_of::<T>())?;
+    let bytes = core::mem::size_of_val(items);
     let p = map_zeroed(bytes)?.cast::<T>();
-    let mut at = 0;
-    for part in parts {
-        // SAFETY: the mapping is fresh, page-aligned (so aligned for T) and
-        // holds `len` elements, of which the parts fill `at..at + part.len()`
-        // in turn; T is Copy, so a bitwise copy is a valid value.
-        unsafe { ptr::copy_nonoverlapping(part.as_ptr(), p.add(at), part.len()) };
-        at += part.len();
+    // SAFETY: the mapping is fresh, page-aligned (so aligned for T), at
+    // least `bytes` long and never unmapped; T is Copy, so a bitwise copy
+    // is a valid value and nothing needs dropping.
+    unsafe {
+        ptr::copy_nonoverlapping(items.as_ptr(), p, items.len());
+        Some((core::slice::from_raw_parts(p, items.len()), bytes))
     }
-    // SAFETY: all `len` elements were written above; the mapping is never
-    // unmapped, so the slice may live for the rest of the process.
-    Some((unsafe { core::slice::from_raw_parts(p, len) }, bytes))
 }
