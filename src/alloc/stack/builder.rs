@@ -298,8 +298,9 @@ impl Builder {
     /// modules are due for another try.
     fn refresh(&mut self) {
         let current = modules::loader_generation();
+        let loader_unchanged = current.is_some() && current == self.generation;
         let retry_due = self.retry_at.is_some_and(|at| Instant::now() >= at);
-        if current.is_some() && current == self.generation && !retry_due {
+        if loader_unchanged && !retry_due {
             return;
         }
         let started = Instant::now();
@@ -311,8 +312,7 @@ impl Builder {
             .then(|| Instant::now() + Duration::from_millis(RETRY_DEFERRED_MS));
         // A retry (the loader's counters unchanged) that built nothing
         // publishes nothing: every published set stays mapped for good.
-        let retry = current.is_some() && current == self.generation;
-        if retry && self.unchanged(&set) {
+        if loader_unchanged && self.unchanged(&set) {
             return;
         }
         self.publish(set, current, started);

@@ -139,7 +139,7 @@ fn file_offset(phdrs: &[libc::Elf64_Phdr], bias: u64, range: &Range<u64>) -> Opt
         .and_then(|p| p.p_offset.checked_add(start - p.p_vaddr))
 }
 
-/// A module whose unwind sections were copied.
+/// A new module, its unwind sections secured for a table build.
 pub(super) struct Module {
     /// The loader's name for it: empty for the executable.
     pub name: String,
@@ -298,20 +298,12 @@ unsafe extern "C" fn on_module(
     // module, mapped readable during this callback.
     let rest = unsafe { mapped(&(eh_frame..segment.end)) };
     let eh_frame_bytes = &rest[..records_len(rest)];
-    let name = if info.dlpi_name.is_null() {
-        String::new()
-    } else {
-        // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by
-        // the loader, valid during the callback.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    // A library loaded from a file (the loader names it by its path) is
-    // read again from the file; others (the vDSO) are copied.
     // SAFETY: a non-null dlpi_name is a NUL-terminated string owned by the
     // loader, valid during the callback.
     let path = (!info.dlpi_name.is_null()).then(|| unsafe { CStr::from_ptr(info.dlpi_name) });
+    let name = path.map_or_else(String::new, |p| p.to_string_lossy().into_owned());
+    // A library loaded from a file (the loader names it by its path) is
+    // read again from the file; others (the vDSO) are copied.
     let eh_frame_range = eh_frame..eh_frame + eh_frame_bytes.len() as u64;
     let source = |range: &Range<u64>| match path {
         _ if main_program => Source::StaysMapped,

@@ -557,7 +557,7 @@ impl Tables {
 mod tests {
     use super::*;
 
-    /// This executable's module and the C library's, freshly copied.
+    /// This executable's module and the C library's, freshly scanned.
     fn modules_here() -> Vec<Module> {
         use super::super::modules::{self, Scanned};
         let here = modules_here as fn() -> Vec<Module> as usize as u64;
